@@ -18,6 +18,7 @@ import base64
 import json
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -77,14 +78,6 @@ class NodeConfig:
             "kex_key": base64.b64encode(self.kex_key().public_key().public_bytes(*raw)).decode(),
         }
 
-    def read_json(self) -> dict:
-        return json.loads((self.dir / CONFIG_FILE).read_text())
-
-    def update(self, **fields: object) -> None:
-        """Merge fields into node.json atomically (used by ``join`` to remember its orchestrator)."""
-        data = self.read_json() | fields
-        _write_private(self.dir / CONFIG_FILE, json.dumps(data, indent=2) + "\n")
-
 
 def load_node(node_dir: str | os.PathLike | None) -> NodeConfig | None:
     """Read a node folder, or return None when no folder is given."""
@@ -128,7 +121,9 @@ def create_node(
         raise NodeError(f"cannot write to {parent}: choose a folder you own")
     created_dir = not node_dir.exists()
     try:
-        (node_dir / "keys").mkdir(parents=True, mode=0o700)
+        node_dir.mkdir(mode=0o700, exist_ok=True)
+        node_dir.chmod(0o700)
+        (node_dir / "keys").mkdir(mode=0o700)
         (node_dir / "data").mkdir(mode=0o700)
         _write_private(node_dir / "secret_key", secrets.token_urlsafe(64) + "\n")
         pem = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
@@ -150,8 +145,6 @@ def create_node(
 
 def remove_node_dir(node_dir: Path, remove_root: bool = True) -> None:
     """Undo a half-made node folder."""
-    import shutil
-
     if remove_root:
         shutil.rmtree(node_dir, ignore_errors=True)
     else:

@@ -1,0 +1,102 @@
+"""A datasite's side of federation membership: joining an orchestrator and heartbeats."""
+
+import logging
+from datetime import timedelta
+
+import httpx
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.utils import timezone
+
+from datasite.models import OrchestratorLink
+from webapp.models import ApiToken
+from webapp.node import load_node
+from webapp.protocol import Heartbeat, JoinRequest, JoinResponse, NodeInfo
+from webapp.roles import PEER_NODE
+from webapp.signing import sign
+
+log = logging.getLogger(__name__)
+ORCHESTRATOR_ACCOUNT = "node.orchestrator"
+CALLBACK_TOKEN_LIFETIME = timedelta(days=365)
+
+
+class JoinError(Exception):
+    """Joining failed; nothing was kept. The message says what to do."""
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))
+    except ValueError:
+        return response.text[:200]
+
+
+def join(orchestrator_url: str, token: str, timeout: float = 15.0) -> OrchestratorLink:
+    """Register this datasite with an orchestrator, exchanging URLs and public keys."""
+    node = load_node(settings.NODE_DIR)
+    if node is None or node.role != "datasite":
+        raise JoinError("join runs at a datasite: set FEDSILO_NODE_DIR to a datasite node folder")
+    existing = OrchestratorLink.objects.first()
+    if existing is not None:
+        raise JoinError(f"this datasite already joined {existing.name} at {existing.url}")
+    url = orchestrator_url.rstrip("/")
+    with transaction.atomic():
+        account, _ = get_user_model().objects.get_or_create(username=ORCHESTRATOR_ACCOUNT)
+        account.set_unusable_password()
+        account.save()
+        account.groups.add(Group.objects.get(name=PEER_NODE))
+        _, callback = ApiToken.issue(account, "orchestrator callback", CALLBACK_TOKEN_LIFETIME)
+        info = NodeInfo(name=node.name, role=node.role, url=node.public_url, **node.public_keys())
+        unsigned = {"node": info.model_dump(), "callback_token": callback}
+        body = JoinRequest(**unsigned, signature=sign(node.signing_key(), unsigned))
+        try:
+            response = httpx.post(
+                f"{url}/api/federation/join",
+                json=body.model_dump(),
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise JoinError(
+                f"cannot reach the orchestrator at {url} ({exc.__class__.__name__}): "
+                "check the URL and that the orchestrator is running"
+            ) from exc
+        if response.status_code == 401:
+            raise JoinError(
+                "the orchestrator refused the token (unknown, expired or revoked): "
+                "ask its admin for a new invitation (manage.py invite_datasite)"
+            )
+        if response.status_code != 200:
+            raise JoinError(
+                f"the orchestrator refused to register this site "
+                f"(HTTP {response.status_code}): {_error_detail(response)}"
+            )
+        peer = JoinResponse.model_validate(response.json()).orchestrator
+        return OrchestratorLink.objects.create(
+            name=peer.name, url=url, signing_key=peer.signing_key, kex_key=peer.kex_key, token=token
+        )
+
+
+def send_heartbeat(timeout: float = 5.0) -> bool:
+    """Tell the orchestrator this site is alive; False when not joined or unreachable."""
+    link = OrchestratorLink.objects.first()
+    if link is None:
+        return False
+    beat = Heartbeat(name=settings.NODE_NAME, status={"role": "datasite"})
+    try:
+        response = httpx.post(
+            f"{link.url}/api/federation/heartbeat",
+            json=beat.model_dump(),
+            headers={"Authorization": f"Bearer {link.token}"},
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        log.warning("heartbeat to %s failed: %s", link.url, exc)
+        return False
+    if response.status_code != 200:
+        log.warning("heartbeat refused (HTTP %s): %s", response.status_code, _error_detail(response))
+        return False
+    OrchestratorLink.objects.filter(pk=link.pk).update(last_heartbeat_ok=timezone.now())
+    return True

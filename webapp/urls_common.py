@@ -1,0 +1,15 @@
+"""Pages every node serves, whatever its role."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from webapp import views
+
+common_patterns = [
+    path("health", views.health, name="health"),
+    path("", views.home, name="home"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+]

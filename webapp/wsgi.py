@@ -1,0 +1,8 @@
+"""WSGI entry point served by gunicorn (``manage.py runnode``)."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+application = get_wsgi_application()
