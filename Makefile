@@ -12,15 +12,14 @@ $(STAMP): pyproject.toml
 	@bash scripts/bootstrap_venv.sh "$(VENV)" "$(STAMP)"
 
 demo: $(STAMP)
-	$(PY) -m webapp.demo
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m webapp.demo
 
 test: $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m importlinter.cli lint-imports 2>/dev/null || $(VENV)/bin/lint-imports
-	bash scripts/run_tests.sh
+	$(VENV)/bin/ruff check .
+	bash scripts/run_tests.sh $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check .
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
 clean:
