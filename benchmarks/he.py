@@ -1,0 +1,206 @@
+"""CKKS (`he` mode) aggregation cost against a plain numpy sum, measured in the same run.
+
+    .venv/bin/python benchmarks/he.py [--params 1e6] [--sites 3] [--chunk-values 262144]
+
+Simulates every site in this process, streaming as a deployment would: chunk i of every
+site is encrypted, added into the server's running sum and dropped before chunk i+1, so
+memory stays at one model's ciphertexts. Prints a table of ratios; no asserts.
+Baseline: a numpy float32 running sum of the same updates (best of --repeat), as in
+benchmarks/secagg.py; the float64 weighted sum is timed too and is the accuracy reference.
+"Critical path" assumes the sites encrypt in parallel: the slowest site, plus the server's
+add and export, plus one decryption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import tenseal as ts
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from privacy import he
+
+
+class Timer:
+    """Accumulates wall and CPU (process) time over `with` blocks."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def __enter__(self) -> Timer:
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall += time.perf_counter() - self._w
+        self.cpu += time.process_time() - self._c
+
+    def __add__(self, other: Timer) -> Timer:
+        return Timer.of(self.wall + other.wall, self.cpu + other.cpu)
+
+    def __sub__(self, other: Timer) -> Timer:
+        return Timer.of(self.wall - other.wall, self.cpu - other.cpu)
+
+    def __mul__(self, factor: float) -> Timer:
+        return Timer.of(self.wall * factor, self.cpu * factor)
+
+    @staticmethod
+    def of(wall: float, cpu: float) -> Timer:
+        out = Timer()
+        out.wall, out.cpu = wall, cpu
+        return out
+
+
+def best_of(repeat: int, fn: Callable[[], object]) -> Timer:
+    runs = []
+    for _ in range(repeat):
+        with Timer() as t:
+            fn()
+        runs.append(t)
+    return min(runs, key=lambda t: t.wall)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--params", type=float, default=1e6, help="values per update (default 1e6)")
+    ap.add_argument("--sites", type=int, default=3)
+    ap.add_argument("--chunk-values", type=int, default=he.DEFAULT_CHUNK_VALUES)
+    ap.add_argument("--repeat", type=int, default=5, help="repeats of the numpy baselines")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    n, n_sites, cv = int(args.params), args.sites, args.chunk_values
+    sites = [f"site{i}" for i in range(n_sites)]
+
+    rng = np.random.default_rng(args.seed)
+    updates = [rng.normal(scale=0.01, size=n).astype(np.float32) for _ in sites]
+    raw_w = rng.uniform(50, 500, size=n_sites)
+    weights = raw_w / raw_w.sum()
+
+    def numpy_sum() -> np.ndarray:
+        acc = updates[0].copy()
+        for u in updates[1:]:
+            acc += u
+        return acc
+
+    def numpy_weighted64() -> np.ndarray:
+        acc = weights[0] * updates[0].astype(np.float64)
+        for w, u in zip(weights[1:], updates[1:], strict=True):
+            acc += w * u.astype(np.float64)
+        return acc
+
+    t_np = best_of(args.repeat, numpy_sum)
+    t_np64 = best_of(args.repeat, numpy_weighted64)
+    reference = numpy_weighted64()
+
+    # key ceremony (once per study)
+    t_ceremony = Timer()
+    t_ceremony.__enter__()
+    signing = Ed25519PrivateKey.generate()
+    agreement = {s: X25519PrivateKey.generate() for s in sites[1:]}
+    ceremony, own = he.create_key_ceremony(
+        "bench", sites[0], signing, {s: k.public_key() for s, k in agreement.items()}
+    )
+    secrets = {sites[0]: own}
+    for s in sites[1:]:
+        secrets[s] = he.open_secret_context(
+            ceremony.envelopes[s],
+            study_id="bench",
+            sender=sites[0],
+            recipient=s,
+            recipient_private_key=agreement[s],
+            sender_public_key=signing.public_key(),
+        )
+    t_ceremony.__exit__()
+
+    # one streamed round
+    acc = he.CiphertextAccumulator(
+        ceremony.public_context, n, key_id=ceremony.key_id, chunk_values=cv
+    )
+    t_enc = {s: Timer() for s in sites}
+    t_add, t_export, t_dec = Timer(), Timer(), Timer()
+    up_bytes = dict.fromkeys(sites, 0)
+    streams: dict[str, Iterator[bytes]] = {}
+    for s, u, w in zip(sites, updates, weights, strict=True):
+        with t_enc[s]:
+            streams[s] = he.encrypt_stream(secrets[s], u, weight=float(w), chunk_values=cv)
+    for index in range(he.n_chunks(n, cv)):
+        for s in sites:
+            with t_enc[s]:
+                frame = next(streams[s])
+            with t_add:
+                acc.add(s, index, frame)
+            up_bytes[s] += len(frame)
+
+    down_bytes = 0
+
+    def timed_export() -> Iterator[bytes]:
+        nonlocal down_bytes
+        frames = acc.export()
+        while True:
+            with t_export:
+                frame = next(frames, None)
+            if frame is None:
+                return
+            down_bytes += len(frame)
+            yield frame
+
+    t_export_and_dec = Timer()
+    with t_export_and_dec:
+        result = he.decrypt_stream(secrets[sites[-1]], timed_export(), n)
+    t_dec = t_export_and_dec - t_export
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux
+
+    err = result - reference
+    enc_all = sum(t_enc.values(), Timer())
+    enc_site = enc_all * (1 / n_sites)
+    critical = max(t_enc.values(), key=lambda t: t.wall) + t_add + t_export + t_dec
+    total = enc_all + t_add + t_export + t_dec
+
+    print(
+        f"he benchmark: {n:,} values x {n_sites} sites, chunks of {cv:,} values, "
+        f"tenseal {ts.__version__}, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"CKKS N={he.POLY_MODULUS_DEGREE}, moduli {list(he.COEFF_MOD_BIT_SIZES)}, "
+        f"scale 2^40, {he.SLOTS} slots, symmetric encryption, flood std "
+        f"{he.default_flood_std():.2e}"
+    )
+    rows = [
+        ("numpy float32 running sum (baseline)", t_np),
+        ("numpy float64 weighted sum", t_np64),
+        ("key ceremony (once per study)", t_ceremony),
+        ("encrypt, per site (mean)", enc_site),
+        ("encrypt, all sites", enc_all),
+        ("server: deserialize + add, all sites", t_add),
+        ("server: export aggregate", t_export),
+        ("decrypt + flood (one site)", t_dec),
+        ("critical path (sites in parallel)", critical),
+        ("all parties, one after another", total),
+    ]
+    print(f"\n{'phase':<38}{'wall s':>9}{'cpu s':>9}{'ns/value':>10}{'x np32':>9}{'x np64':>9}")
+    for name, t in rows:
+        print(
+            f"{name:<38}{t.wall:>9.4f}{t.cpu:>9.4f}{t.wall / n * 1e9:>10.1f}"
+            f"{t.wall / t_np.wall:>9.1f}{t.wall / t_np64.wall:>9.1f}"
+        )
+    print("(ratios: wall time over the numpy float32 / float64 sums of the same updates)")
+    print(f"\nupload per site     {np.mean(list(up_bytes.values())) / n:8.3f} bytes/value")
+    print(f"aggregate download  {down_bytes / n:8.3f} bytes/value")
+    print(f"float32 plain       {4:8.3f} bytes/value")
+    print(f"peak RSS            {peak_rss:8.0f} MiB (server running sums ~{32 * n / 2**20:.0f} MiB)")
+    print(
+        f"error vs float64 weighted sum: max {np.max(np.abs(err)):.2e}, "
+        f"rms {np.sqrt(np.mean(err**2)):.2e}, "
+        f"relative {np.linalg.norm(err) / np.linalg.norm(reference):.2e}"
+    )
+
+
+if __name__ == "__main__":
+    main()

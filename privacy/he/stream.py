@@ -1,0 +1,487 @@
+"""Chunked CKKS encryption (sites), accumulation (orchestrator) and decryption (a key holder).
+
+Chunk frame (little-endian), one per `chunk_values` values of the flat update:
+
+    magic b"FSHC" | u8 version=1 | u8 kind (1 contribution, 2 aggregate) | u16 contributors
+    | 16 B key id | u64 total_values | u32 chunk_values | u32 chunk_index | u32 count
+    | u32 n_parts | n_parts × (u32 length | TenSEAL CKKSVector serialization)
+
+Each part holds one ciphertext of up to 4096 values (the last part of a chunk may be
+shorter). Parts are TenSEAL's own protobuf/SEAL bytes; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal as ts
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from .context import (
+    GLOBAL_SCALE,
+    KEY_ID_BYTES,
+    MAX_ABS_VALUE,
+    MAX_CONTRIBUTIONS,
+    POLY_MODULUS_DEGREE,
+    SLOTS,
+    WRAP_BOUND,
+    HEError,
+    SecretContext,
+    default_flood_std,
+    load_tenseal_context,
+    public_context_bytes,
+)
+
+MAGIC = b"FSHC"
+VERSION = 1
+KIND_CONTRIBUTION = 1
+KIND_AGGREGATE = 2
+DEFAULT_CHUNK_VALUES = 64 * SLOTS  # 262,144 values ≈ 8 MiB of ciphertext per frame
+MAX_CHUNK_VALUES = 1024 * SLOTS  # ≈ 128 MiB frames
+MAX_TOTAL_VALUES = 2**40
+
+_HEADER = struct.Struct("<4sBBH16sQIIII")
+_PART_LEN = struct.Struct("<I")
+_MAX_PART_BYTES = 2 * (2 * POLY_MODULUS_DEGREE * 8)  # twice a fresh ciphertext's data
+_FLOOD_LABEL = b"fedsilo/he/flood/v1\x00"
+
+# The C++ class behind ts.CKKSVector: the Python wrapper converts every input twice
+# (ndarray -> list -> PlainTensor -> list), ~10 % of the encryption time. tenseal is pinned.
+_CKKSVector = ts._ts_cpp.CKKSVector
+
+
+@dataclass(frozen=True)
+class ChunkHeader:
+    """The clear-text header of a chunk frame (see module doc)."""
+
+    kind: int
+    contributors: int
+    key_id: bytes
+    total_values: int
+    chunk_values: int
+    chunk_index: int
+    count: int
+
+    @property
+    def offset(self) -> int:
+        """Index of the chunk's first value in the flat vector."""
+        return self.chunk_index * self.chunk_values
+
+    @property
+    def n_parts(self) -> int:
+        """Number of ciphertexts in the chunk."""
+        return -(-self.count // SLOTS)
+
+
+def n_chunks(total_values: int, chunk_values: int = DEFAULT_CHUNK_VALUES) -> int:
+    """How many chunks a vector of `total_values` values is cut into."""
+    _check_layout(total_values, chunk_values)
+    return -(-total_values // chunk_values)
+
+
+def _check_layout(total_values: int, chunk_values: int) -> None:
+    if not isinstance(total_values, int) or not 1 <= total_values <= MAX_TOTAL_VALUES:
+        raise HEError(f"total_values must be an int in [1, 2^40], got {total_values!r}")
+    if (
+        not isinstance(chunk_values, int)
+        or not SLOTS <= chunk_values <= MAX_CHUNK_VALUES
+        or chunk_values % SLOTS
+    ):
+        raise HEError(
+            f"chunk_values must be a multiple of {SLOTS} in [{SLOTS}, {MAX_CHUNK_VALUES}], "
+            f"got {chunk_values!r}"
+        )
+
+
+def _part_sizes(count: int) -> list[int]:
+    full, rest = divmod(count, SLOTS)
+    return [SLOTS] * full + ([rest] if rest else [])
+
+
+def _pack(header: ChunkHeader, parts: list[bytes]) -> bytes:
+    head = _HEADER.pack(
+        MAGIC,
+        VERSION,
+        header.kind,
+        header.contributors,
+        header.key_id,
+        header.total_values,
+        header.chunk_values,
+        header.chunk_index,
+        header.count,
+        len(parts),
+    )
+    return b"".join([head, *(_PART_LEN.pack(len(p)) + p for p in parts)])
+
+
+def read_chunk_header(chunk: bytes) -> ChunkHeader:
+    """Parse and check a frame's header (not its ciphertexts); `HEError` if malformed."""
+    if not isinstance(chunk, bytes | bytearray | memoryview) or len(chunk) < _HEADER.size:
+        raise HEError("malformed chunk: too short for a header")
+    magic, version, kind, contributors, key_id, total, chunk_values, index, count, n_parts = (
+        _HEADER.unpack_from(chunk)
+    )
+    if magic != MAGIC or version != VERSION:
+        raise HEError("malformed chunk: not a fedsilo HE chunk (bad magic or version)")
+    if kind not in (KIND_CONTRIBUTION, KIND_AGGREGATE):
+        raise HEError(f"malformed chunk: unknown kind {kind}")
+    if contributors < 1 or (kind == KIND_CONTRIBUTION and contributors != 1):
+        raise HEError(f"malformed chunk: {contributors} contributors for kind {kind}")
+    try:
+        _check_layout(total, chunk_values)
+    except HEError as exc:
+        raise HEError(f"malformed chunk: {exc}") from exc
+    chunks = -(-total // chunk_values)
+    if index >= chunks:
+        raise HEError(f"malformed chunk: index {index} out of range (vector has {chunks} chunks)")
+    expected = min(chunk_values, total - index * chunk_values)
+    if count != expected:
+        raise HEError(f"malformed chunk: chunk {index} holds {count} values, expected {expected}")
+    header = ChunkHeader(kind, contributors, bytes(key_id), total, chunk_values, index, count)
+    if n_parts != header.n_parts:
+        raise HEError(f"malformed chunk: {n_parts} ciphertexts, expected {header.n_parts}")
+    return header
+
+
+def _unpack(chunk: bytes) -> tuple[ChunkHeader, list[bytes]]:
+    header = read_chunk_header(chunk)
+    data = bytes(chunk)
+    parts, pos = [], _HEADER.size
+    for _ in range(header.n_parts):
+        if pos + _PART_LEN.size > len(data):
+            raise HEError("malformed chunk: truncated")
+        (length,) = _PART_LEN.unpack_from(data, pos)
+        pos += _PART_LEN.size
+        if length > _MAX_PART_BYTES or pos + length > len(data):
+            raise HEError("malformed chunk: bad ciphertext length")
+        parts.append(data[pos : pos + length])
+        pos += length
+    if pos != len(data):
+        raise HEError("malformed chunk: trailing bytes")
+    return header, parts
+
+
+def _load_part(ctx: ts.Context, blob: bytes, size: int) -> _CKKSVector:
+    """Deserialize one ciphertext under `ctx` and check it is a fresh-shaped CKKS vector."""
+    try:
+        vec = _CKKSVector(ctx.data, blob)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise HEError(
+            f"chunk ciphertext does not load under these CKKS parameters: {exc}"
+        ) from exc
+    if vec.size() != size:
+        raise HEError(f"chunk ciphertext holds {vec.size()} values, expected {size}")
+    cts = vec.ciphertext()
+    if len(cts) != 1:
+        raise HEError(f"chunk part holds {len(cts)} ciphertexts, expected 1")
+    ct = cts[0]
+    if ct.size() != 2 or ct.scale != GLOBAL_SCALE or not ct.is_ntt_form() or ct.is_transparent():
+        raise HEError("chunk ciphertext is not a size-2, scale-2^40 CKKS ciphertext")
+    return vec
+
+
+def _weighted_block(arr: np.ndarray, start: int, chunk_values: int, weight: float) -> np.ndarray:
+    block = np.asarray(arr[start : start + chunk_values], dtype=np.float64) * weight
+    finite = np.isfinite(block)
+    if not finite.all():
+        raise HEError(f"non-finite value at index {start + int(np.argmin(finite))}")
+    peak = float(np.max(np.abs(block)))
+    if peak > MAX_ABS_VALUE:
+        where = start + int(np.argmax(np.abs(block)))
+        raise HEError(
+            f"pre-weighted value {peak:.6g} at index {where} exceeds the safe bound "
+            f"{MAX_ABS_VALUE:g} (sums wrap silently at {WRAP_BOUND:g}); clip or rescale"
+        )
+    return block
+
+
+def encrypt_stream(
+    ctx: SecretContext,
+    vector: np.ndarray,
+    *,
+    weight: float,
+    chunk_values: int = DEFAULT_CHUNK_VALUES,
+    chunk_indices: Iterable[int] | None = None,
+) -> Iterator[bytes]:
+    """Encrypt `weight · vector` chunk by chunk; yields one frame per chunk, in order.
+
+    `weight` is the site's normalized aggregation weight in (0, 1]. The whole vector is
+    checked before anything is encrypted (1-D, finite, |weight·x| <= MAX_ABS_VALUE), so
+    errors raise here rather than mid-upload. `chunk_indices` encrypts only those chunks
+    (to resume an interrupted upload, or to spread chunks over worker processes).
+    Memory: one chunk of plaintext and ciphertext at a time.
+    """
+    if not isinstance(ctx, SecretContext):
+        raise HEError("encrypt_stream needs the SecretContext of a key-holding datasite")
+    arr = np.asarray(vector)
+    if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "fiu":
+        raise HEError("vector must be a non-empty 1-D array of real numbers")
+    try:
+        w = float(weight)
+    except (TypeError, ValueError) as exc:
+        raise HEError("weight must be a number") from exc
+    if not (math.isfinite(w) and 0.0 < w <= 1.0):
+        raise HEError(f"weight must be the site's normalized weight in (0, 1], got {weight!r}")
+    total = int(arr.size)
+    chunks = n_chunks(total, chunk_values)
+    if chunk_indices is None:
+        indices = list(range(chunks))
+    else:
+        indices = sorted(set(chunk_indices))
+        if any(not isinstance(i, int) or not 0 <= i < chunks for i in indices):
+            raise HEError(f"chunk_indices must be ints in [0, {chunks})")
+    for start in range(0, total, chunk_values):
+        _weighted_block(arr, start, chunk_values, w)
+    return _encrypt_chunks(ctx, arr, w, chunk_values, indices)
+
+
+def _encrypt_chunks(
+    ctx: SecretContext, arr: np.ndarray, weight: float, chunk_values: int, indices: list[int]
+) -> Iterator[bytes]:
+    tctx = ctx.context.data
+    for index in indices:
+        block = _weighted_block(arr, index * chunk_values, chunk_values, weight)
+        parts = [
+            _CKKSVector(tctx, block[i : i + SLOTS].tolist()).serialize()
+            for i in range(0, block.size, SLOTS)
+        ]
+        header = ChunkHeader(
+            KIND_CONTRIBUTION, 1, ctx.key_id, int(arr.size), chunk_values, index, block.size
+        )
+        yield _pack(header, parts)
+
+
+class CiphertextAccumulator:
+    """The orchestrator's running CKKS sum: one ciphertext per 4096 values, whatever n is.
+
+    Each accepted chunk is added in place into the chunk's running sum and dropped, so
+    memory is one model's worth of ciphertexts (≈ 32 bytes per value: 3.2 GB at 1e8
+    parameters) plus the chunk being added, not n sites' worth. The price: a site's
+    contribution cannot be taken out again, so `export` refuses while any site that sent
+    a chunk has not sent all of them (ask it for `missing_chunks`, or restart the round).
+    Holds only the public context (parameters, no key): it cannot decrypt anything.
+    Thread-safe; after `export` it accepts no more chunks.
+    """
+
+    def __init__(
+        self,
+        public_ctx_bytes: bytes,
+        total_values: int,
+        *,
+        key_id: bytes,
+        chunk_values: int = DEFAULT_CHUNK_VALUES,
+        max_contributions: int = MAX_CONTRIBUTIONS,
+    ) -> None:
+        ctx = load_tenseal_context(public_ctx_bytes)
+        if ctx.is_private():
+            raise HEError("the aggregation server must hold only the public context, not the key")
+        if bytes(public_ctx_bytes) != public_context_bytes():
+            raise HEError("public context parameters differ from the fixed CKKS parameters")
+        if not isinstance(key_id, bytes) or len(key_id) != KEY_ID_BYTES:
+            raise HEError(f"key_id must be {KEY_ID_BYTES} bytes")
+        self.n_chunks = n_chunks(total_values, chunk_values)
+        if not isinstance(max_contributions, int) or not (
+            max_contributions >= 1 and max_contributions * MAX_ABS_VALUE <= WRAP_BOUND / 2
+        ):
+            raise HEError(
+                f"max_contributions must be in [1, {int(WRAP_BOUND / 2 / MAX_ABS_VALUE)}] "
+                "so that sums cannot wrap"
+            )
+        self._ctx = ctx
+        self.key_id = key_id
+        self.total_values = total_values
+        self.chunk_values = chunk_values
+        self.max_contributions = max_contributions
+        self._sums: list[list[_CKKSVector] | None] = [None] * self.n_chunks
+        self._by_chunk: list[set[str]] = [set() for _ in range(self.n_chunks)]
+        self._by_site: dict[str, set[int]] = {}
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def sites(self) -> frozenset[str]:
+        """Sites that have sent at least one chunk."""
+        with self._lock:
+            return frozenset(self._by_site)
+
+    def missing_chunks(self, site: str) -> list[int]:
+        """Chunk indices not yet received from `site`."""
+        with self._lock:
+            got = self._by_site.get(site, set())
+            return [i for i in range(self.n_chunks) if i not in got]
+
+    def add(self, site: str, chunk_index: int, chunk: bytes) -> None:
+        """Add one site's chunk into the running sum; `HEError` (and no change) if it is
+        malformed, for another key/vector/index, a duplicate, or over the contribution cap.
+        """
+        if not isinstance(site, str) or not site:
+            raise HEError("site must be a non-empty string")
+        header, parts = _unpack(chunk)
+        if header.kind != KIND_CONTRIBUTION:
+            raise HEError("expected a site's contribution, got an aggregate chunk")
+        if header.key_id != self.key_id:
+            raise HEError(
+                f"chunk was encrypted under key {header.key_id.hex()}, "
+                f"not this study's key {self.key_id.hex()}"
+            )
+        if (header.total_values, header.chunk_values) != (self.total_values, self.chunk_values):
+            raise HEError(
+                f"chunk is for a vector of {header.total_values} values in chunks of "
+                f"{header.chunk_values}, expected {self.total_values} in chunks of "
+                f"{self.chunk_values}"
+            )
+        if header.chunk_index != chunk_index:
+            raise HEError(f"chunk header says index {header.chunk_index}, expected {chunk_index}")
+        self._check_accepts(site, chunk_index)  # cheap refusals before deserializing
+        vecs = [
+            _load_part(self._ctx, blob, size)
+            for blob, size in zip(parts, _part_sizes(header.count), strict=True)
+        ]
+        with self._lock:
+            self._check_accepts(site, chunk_index, locked=True)
+            seen = self._by_chunk[chunk_index]
+            running = self._sums[chunk_index]
+            if running is None:
+                self._sums[chunk_index] = vecs
+            else:
+                for acc, vec in zip(running, vecs, strict=True):
+                    acc.add_(vec)
+            seen.add(site)
+            self._by_site.setdefault(site, set()).add(chunk_index)
+
+    def _check_accepts(self, site: str, chunk_index: int, *, locked: bool = False) -> None:
+        if not locked:
+            with self._lock:
+                return self._check_accepts(site, chunk_index, locked=True)
+        if self._closed:
+            raise HEError("the aggregate was already exported; no more chunks accepted")
+        seen = self._by_chunk[chunk_index]
+        if site in seen:
+            raise HEError(f"duplicate chunk {chunk_index} from site {site!r}")
+        if len(seen) >= self.max_contributions:
+            raise HEError(f"chunk {chunk_index} already has {len(seen)} contributions")
+        return None
+
+    def export(self) -> Iterator[bytes]:
+        """Close the accumulator and yield the aggregate chunks in index order.
+
+        `HEError` (immediately) when nothing was added or a contributing site is missing
+        chunks. Only these aggregate frames may ever be sent to a datasite.
+        """
+        with self._lock:
+            if not self._by_site:
+                raise HEError("nothing to export: no chunk was added")
+            incomplete = {
+                s: self.n_chunks - len(got)
+                for s, got in sorted(self._by_site.items())
+                if len(got) != self.n_chunks
+            }
+            if incomplete:
+                raise HEError(
+                    "sites have not sent every chunk (missing counts): "
+                    f"{incomplete}; wait for them or restart the round without them"
+                )
+            self._closed = True
+            contributors = len(self._by_site)
+        return self._frames(contributors)
+
+    def _frames(self, contributors: int) -> Iterator[bytes]:
+        for index, running in enumerate(self._sums):
+            assert running is not None
+            count = min(self.chunk_values, self.total_values - index * self.chunk_values)
+            header = ChunkHeader(
+                KIND_AGGREGATE,
+                contributors,
+                self.key_id,
+                self.total_values,
+                self.chunk_values,
+                index,
+                count,
+            )
+            yield _pack(header, [vec.serialize() for vec in running])
+
+
+def _gaussian(key: bytes, n: int) -> np.ndarray:
+    """n standard normal values from AES-256-CTR(key) via Box-Muller (deterministic in key)."""
+    pairs = (n + 1) // 2
+    stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(16 * pairs))
+    u = ((np.frombuffer(stream, dtype="<u8") >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    radius = np.sqrt(-2.0 * np.log(u[0::2]))
+    angle = 2.0 * np.pi * u[1::2]
+    out = np.empty(2 * pairs)
+    out[0::2] = radius * np.cos(angle)
+    out[1::2] = radius * np.sin(angle)
+    return out[:n]
+
+
+def decrypt_stream(
+    secret_ctx: SecretContext | bytes,
+    chunks: Iterable[bytes],
+    total: int,
+    *,
+    flood_std: float | None = None,
+    min_contributors: int = 2,
+) -> np.ndarray:
+    """Decrypt aggregate chunks (any order, each exactly once) into a float64 vector.
+
+    Refuses single-site contributions and aggregates of fewer than `min_contributors`
+    sites as reported by the header (a guard against mistakes; the orchestrator writes
+    the header). Adds Gaussian noise of std `flood_std` (default `default_flood_std()`,
+    ≈ 5.3e-9; 0 disables) before returning: see "Decryption leaks" in `privacy.he`. The
+    noise is derived from the secret key and the frame, so decrypting the same aggregate
+    again gives the same result; still, decrypt one aggregate per round only.
+    """
+    secret = secret_ctx if isinstance(secret_ctx, SecretContext) else SecretContext(secret_ctx)
+    if not isinstance(total, int) or not 1 <= total <= MAX_TOTAL_VALUES:
+        raise HEError(f"total must be an int in [1, 2^40], got {total!r}")
+    sigma = default_flood_std() if flood_std is None else float(flood_std)
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise HEError("flood_std must be a finite number >= 0")
+    if not isinstance(min_contributors, int) or min_contributors < 1:
+        raise HEError("min_contributors must be an int >= 1")
+    out = np.empty(total, dtype=np.float64)
+    seen: set[int] = set()
+    layout: tuple[int, int] | None = None
+    for frame in chunks:
+        header, parts = _unpack(frame)
+        if header.kind != KIND_AGGREGATE:
+            raise HEError("refusing to decrypt a single site's contribution; only aggregates")
+        if header.key_id != secret.key_id:
+            raise HEError(
+                f"chunk was encrypted under key {header.key_id.hex()}, "
+                f"not this context's key {secret.key_id.hex()}"
+            )
+        if header.total_values != total:
+            raise HEError(f"chunk is for {header.total_values} values, expected {total}")
+        if header.contributors < min_contributors:
+            raise HEError(
+                f"aggregate of {header.contributors} site(s), fewer than {min_contributors}"
+            )
+        if layout is None:
+            layout = (header.chunk_values, header.contributors)
+        elif layout != (header.chunk_values, header.contributors):
+            raise HEError("chunks disagree on chunk size or number of contributors")
+        if header.chunk_index in seen:
+            raise HEError(f"duplicate aggregate chunk {header.chunk_index}")
+        values = np.concatenate(
+            [
+                np.asarray(_load_part(secret.context, blob, size).decrypt(), dtype=np.float64)
+                for blob, size in zip(parts, _part_sizes(header.count), strict=True)
+            ]
+        )
+        if sigma > 0:
+            key = secret.prf(_FLOOD_LABEL + hashlib.sha256(frame).digest())
+            values += sigma * _gaussian(key, values.size)
+        out[header.offset : header.offset + header.count] = values
+        seen.add(header.chunk_index)
+    expected = n_chunks(total, layout[0]) if layout else None
+    if expected is None or len(seen) != expected:
+        missing = "all" if expected is None else expected - len(seen)
+        raise HEError(f"aggregate incomplete: {missing} chunk(s) missing")
+    return out
