@@ -10,6 +10,7 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils import timezone
 
+from compliance import audit
 from datasite.models import OrchestratorLink
 from webapp.models import ApiToken
 from webapp.node import load_node
@@ -74,6 +75,8 @@ def join(orchestrator_url: str, token: str, timeout: float = 15.0) -> Orchestrat
                 f"(HTTP {response.status_code}): {_error_detail(response)}"
             )
         peer = JoinResponse.model_validate(response.json()).orchestrator
+        audit.record("federation.joined", None, f"orchestrator:{peer.name}",
+                     {"url": url, "signing_key": peer.signing_key, "kex_key": peer.kex_key})
         return OrchestratorLink.objects.create(
             name=peer.name, url=url, signing_key=peer.signing_key, kex_key=peer.kex_key, token=token
         )

@@ -356,14 +356,10 @@ def decide(request: HttpRequest, study: str, version: int) -> HttpResponse:
         messages.error(request, "Nothing was decided: see the message below the decision form.")
         return render(request, "datasite/request_detail.html", context, status=400)
     here = reverse("datasite:request-version", args=[cr.study, cr.version])
-    if form.cleaned_data["plan_sha256"] != cr.plan_sha256:
-        messages.error(
-            request, "The plan changed since it was shown to you: review it again. Nothing was decided."
-        )
-        return redirect(here)
     try:
         cr = services.decide(
-            cr, request.user, form.approve, form.cleaned_data["code_sha256"], form.cleaned_data["reason"]
+            cr, request.user, form.approve, form.cleaned_data["code_sha256"], form.cleaned_data["reason"],
+            plan_sha256_seen=form.cleaned_data["plan_sha256"],
         )
     except services.ServiceError as exc:
         messages.error(request, _refusal(cr, exc))

@@ -7,6 +7,7 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils import timezone
 
+from compliance import audit
 from orchestrator.models import Datasite
 from webapp.models import ApiToken
 from webapp.protocol import JoinRequest
@@ -32,7 +33,8 @@ def invite_datasite(name: str, lifetime: timedelta = timedelta(days=7)) -> tuple
     user.save()
     user.groups.add(Group.objects.get(name=PEER_NODE))
     site = Datasite.objects.create(name=name, account=user)
-    _, raw = ApiToken.issue(user, f"join:{name}", lifetime)
+    token, raw = ApiToken.issue(user, f"join:{name}", lifetime)
+    audit.record("federation.invited", None, f"datasite:{name}", {"token": token.key})
     return site, raw
 
 
@@ -62,6 +64,8 @@ def accept_join(user, request: JoinRequest) -> Datasite:
     site.joined_at = site.joined_at or timezone.now()
     site.last_heartbeat = timezone.now()
     site.save()
+    audit.record("federation.joined", f"node:{site.name}", f"datasite:{site.name}",
+                 {"url": site.url, "signing_key": site.signing_key, "kex_key": site.kex_key})
     return site
 
 

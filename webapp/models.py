@@ -8,7 +8,7 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 TOKEN_PREFIX = "fst"  # noqa: S105  (a public marker, not a secret)
@@ -50,10 +50,15 @@ class ApiToken(models.Model):
             raise ValueError("token lifetime must be positive")
         key = secrets.token_hex(8)
         raw = f"{TOKEN_PREFIX}_{key}_{secrets.token_urlsafe(32)}"
-        token = cls.objects.create(
-            user=user, name=name, key=key, digest=_digest(raw),
-            expires_at=timezone.now() + lifetime,
-        )
+        from compliance import audit
+
+        with transaction.atomic():
+            token = cls.objects.create(
+                user=user, name=name, key=key, digest=_digest(raw),
+                expires_at=timezone.now() + lifetime,
+            )
+            audit.record("token.issued", None, f"user:{user.get_username()}",
+                         {"key": key, "name": name, "expires_at": token.expires_at.isoformat()})
         return token, raw
 
     @classmethod
@@ -77,6 +82,10 @@ class ApiToken(models.Model):
         return self.revoked_at is None and self.expires_at > timezone.now()
 
     def revoke(self) -> None:
+        from compliance import audit
+
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
-            self.save(update_fields=["revoked_at"])
+            with transaction.atomic():
+                self.save(update_fields=["revoked_at"])
+                audit.record("token.revoked", None, f"user:{self.user.get_username()}", {"key": self.key})

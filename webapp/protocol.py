@@ -5,8 +5,11 @@ Pure pydantic: both apps import it, neither imports the other.
 
 import base64
 import binascii
+import hashlib
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from webapp.signing import canonical_json
 
 NODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 
@@ -59,3 +62,128 @@ class DatasiteOut(BaseModel):
     last_heartbeat: str | None
     signing_key: str
     kex_key: str
+
+
+# ----------------------------------------------------------------------------- studies
+
+PURPOSE_PATTERN = r"^[a-z][a-z0-9-]{1,62}$"
+AGGREGATION_MODES = ("plain", "secagg", "he")
+
+
+class Pinned(BaseModel):
+    """A model whose canonical JSON is hashed: defaults are validated like given values, so
+    ``1800`` and ``1800.0`` never give two hashes for one plan."""
+
+    model_config = ConfigDict(validate_default=True, extra="forbid")
+
+
+class CodeBundle(Pinned):
+    """The training code a data owner approves: a recipe and its configuration.
+
+    Its SHA-256 is that of its canonical JSON (see :func:`bundle_sha256`).
+    """
+
+    kind: str = Field(default="recipe", pattern=r"^recipe$")
+    recipe: str = Field(min_length=1, max_length=64)
+    config: dict = Field(default_factory=dict)
+
+
+class DPPlan(Pinned):
+    """Differential privacy at each site: the privacy unit, noise, clip and target."""
+
+    enabled: bool = True
+    unit: str = Field(default="episode", pattern=r"^(episode|frame)$")
+    noise_multiplier: float = Field(default=1.0, ge=0, le=100)
+    clip_norm: float = Field(default=1.0, gt=0, le=1e6)
+    frames_per_episode: int = Field(default=4, ge=1, le=1000)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+
+
+class Plan(Pinned):
+    """Everything about a study that a data owner approves, besides the code."""
+
+    rounds: int = Field(ge=1, le=10_000)
+    local_steps: int = Field(default=10, ge=1, le=1_000_000)
+    batch_size: int = Field(default=8, ge=1, le=100_000)
+    lr: float = Field(default=1e-4, gt=0, le=10)
+    mu: float = Field(default=0.0, ge=0, le=1e6)
+    strategy: str = Field(default="fedavg", pattern=r"^(fedavg|fedprox|fedavgm|fedadam|fedyogi|fednova)$")
+    server: dict = Field(default_factory=dict, description="server-side strategy hyperparameters")
+    dp: DPPlan = Field(default_factory=DPPlan)
+    aggregation: str = Field(default="plain", pattern=r"^(plain|secagg|he)$")
+    min_sites: int = Field(default=1, ge=1)
+    fraction: float = Field(default=1.0, gt=0, le=1)
+    holdout_fraction: float = Field(default=0.2, ge=0, lt=1)
+    purpose: str = Field(default="policy-training", pattern=PURPOSE_PATTERN)
+    seed: int = Field(default=0, ge=0, lt=2**31)
+    round_timeout_s: float = Field(default=1800, gt=0, le=7 * 86400)
+
+
+class CodeRequestIn(BaseModel):
+    """What the orchestrator sends a datasite for review."""
+
+    study: str = Field(pattern=r"^[0-9a-f]{32}$")
+    version: int = Field(ge=1)
+    title: str = Field(min_length=1, max_length=200)
+    researcher: str = Field(max_length=150)
+    code: CodeBundle
+    code_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    plan: Plan
+    datasets: list[str] = Field(min_length=1, max_length=50)
+    sites: list[str] = Field(min_length=1)
+
+
+class CodeRequestOut(BaseModel):
+    study: str
+    version: int
+    status: str
+    code_sha256: str
+    reason: str
+    decided_by: str | None
+    decided_at: str | None
+    projected_epsilon: dict[str, float]
+    episodes: dict[str, int] = Field(default_factory=dict, description="training episodes per dataset")
+
+
+class Decision(BaseModel):
+    """A data owner's decision, with the code hash they saw (refused if it changed since)."""
+
+    code_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    plan_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    reason: str = Field(default="", max_length=2000)
+
+
+class RoundAssignment(BaseModel):
+    """A round's instructions; the global weights travel beside it as safetensors."""
+
+    study: str = Field(pattern=r"^[0-9a-f]{32}$")
+    round: int = Field(ge=0)
+    code_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    plan_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    norm_stats: dict = Field(default_factory=dict)
+    eval_only: bool = False
+
+
+class RoundUpload(BaseModel):
+    """What a site reports with its update (the update travels beside it as safetensors)."""
+
+    study: str = Field(pattern=r"^[0-9a-f]{32}$")
+    round: int = Field(ge=0)
+    site: str = Field(pattern=NODE_NAME_PATTERN)
+    num_examples: int = Field(ge=0)
+    local_steps: int = Field(ge=0)
+    metrics: dict = Field(default_factory=dict)
+    error: str = Field(default="", max_length=2000, description="set when the site could not run the round")
+
+
+def sha256_json(obj: object) -> str:
+    """SHA-256 of an object's canonical JSON: how code bundles and plans are pinned."""
+    return hashlib.sha256(canonical_json(obj)).hexdigest()
+
+
+def bundle_sha256(bundle: CodeBundle) -> str:
+    return sha256_json(bundle.model_dump())
+
+
+def plan_sha256(plan: Plan) -> str:
+    return sha256_json(plan.model_dump())

@@ -139,6 +139,8 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "")
 
 FEDSILO_HEARTBEAT_SECONDS = float(os.environ.get("FEDSILO_HEARTBEAT_SECONDS", "10"))
+FEDSILO_LEASE_SECONDS = float(os.environ.get("FEDSILO_LEASE_SECONDS", "60"))
+FEDSILO_PUBLIC_DP_SEED = os.environ.get("FEDSILO_PUBLIC_DP_SEED") == "1"  # tests and audits only
 
 LOGGING = {
     "version": 1,

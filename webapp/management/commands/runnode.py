@@ -1,4 +1,5 @@
-"""``manage.py runnode``: serve a node with gunicorn; datasites also send heartbeats."""
+"""``manage.py runnode``: serve a node with gunicorn, plus its loop: heartbeats at a datasite,
+the round engine at an orchestrator."""
 
 import os
 import signal
@@ -54,13 +55,11 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, forward)
         self.stdout.write(f"{node.role} {node.name!r} serving on http://{bind} (pid {server.pid})")
         self.stdout.flush()
-        beats = None
-        if node.role == "datasite":
-            beats = subprocess.Popen([*manage, "heartbeat", "--loop"], env=env)
+        loop = ["heartbeat", "--loop"] if node.role == "datasite" else ["run_engine"]
+        helper = subprocess.Popen([*manage, *loop], env=env)
         code = server.wait()
-        if beats is not None:
-            beats.terminate()
-            beats.wait(timeout=15)
+        helper.terminate()
+        helper.wait(timeout=30)
         if code not in (0, -signal.SIGTERM) and not stop.is_set():
             raise CommandError(f"the server exited with status {code}")
         self.stdout.write(f"{node.name} stopped")

@@ -1,0 +1,169 @@
+"""The researcher's Python client for a fedsilo orchestrator (httpx only; no Django).
+
+>>> from orchestrator.client import Client
+>>> fed = Client("https://fed.example.org", token="fst_…")
+>>> fed.datasites()
+>>> study = fed.propose_study("ACT on SO-100", recipe="act-small", config={},
+...                           datasets={"lab-a": "pick-place", "lab-b": "pick-place"},
+...                           rounds=5, strategy="fedprox", mu=0.01,
+...                           dp={"noise_multiplier": 1.0, "clip_norm": 1.0})
+>>> study.wait(progress=True)
+>>> study.metrics(); study.download_model("model.safetensors")
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["Client", "FedsiloError", "Study", "StudyFailed"]
+
+FINAL = ("finished", "failed", "cancelled")
+
+
+class FedsiloError(Exception):
+    """The orchestrator refused a request; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, detail: Any):
+        self.status, self.detail = status, detail
+        super().__init__(f"HTTP {status}: {detail}")
+
+
+class StudyFailed(FedsiloError):
+    """A study ended failed or cancelled."""
+
+
+class Client:
+    """A researcher's session with one orchestrator, authenticated by an API token."""
+
+    def __init__(self, url: str, token: str, timeout: float = 60.0, verify: bool | str = True):
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=f"{self.url}/api", timeout=timeout, verify=verify,
+                                  headers={"Authorization": f"Bearer {token}"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise FedsiloError(0, f"cannot reach {self.url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise FedsiloError(response.status_code, detail)
+        return response
+
+    def datasites(self) -> list[dict]:
+        """Member datasites with their status and last heartbeat."""
+        return self._request("GET", "/federation/datasites").json()
+
+    def datasets(self) -> dict[str, list[dict]]:
+        """Each site's datasets: schema, counts, statistics shape and a synthetic mock."""
+        return self._request("GET", "/federation/datasets").json()
+
+    def propose_study(
+        self,
+        title: str,
+        datasets: dict[str, str],
+        rounds: int,
+        recipe: str = "act-small",
+        config: dict | None = None,
+        strategy: str = "fedavg",
+        mu: float = 0.0,
+        dp: dict | None = None,
+        aggregation: str = "plain",
+        **plan: Any,
+    ) -> Study:
+        """Propose a study; each site's data owner reviews it before anything runs.
+
+        ``plan`` takes the other plan fields: local_steps, batch_size, lr, server, min_sites,
+        fraction, holdout_fraction, purpose, seed, round_timeout_s.
+        """
+        body = {
+            "title": title,
+            "code": {"kind": "recipe", "recipe": recipe, "config": config or {}},
+            "plan": {"rounds": rounds, "strategy": strategy, "mu": mu, "dp": dp or {},
+                     "aggregation": aggregation, **plan},
+            "datasets": datasets,
+        }
+        return Study(self, self._request("POST", "/studies", json=body).json()["id"])
+
+    def study(self, study_id: str) -> Study:
+        return Study(self, study_id)
+
+    def studies(self) -> list[dict]:
+        return self._request("GET", "/studies").json()
+
+
+class Study:
+    """A handle on one study."""
+
+    def __init__(self, client: Client, study_id: str):
+        self.client, self.id = client, study_id
+
+    def __repr__(self) -> str:
+        return f"Study({self.id!r})"
+
+    def status(self) -> dict:
+        return self.client._request("GET", f"/studies/{self.id}").json()
+
+    def metrics(self) -> list[dict]:
+        """Per-round metrics: per-site losses, global held-out loss, ε spent per dataset."""
+        return self.client._request("GET", f"/studies/{self.id}/metrics").json()
+
+    def cancel(self) -> dict:
+        return self.client._request("POST", f"/studies/{self.id}/cancel").json()
+
+    def download_model(self, path: str | Path) -> Path:
+        """Save the latest global weights (safetensors) to ``path``."""
+        path = Path(path)
+        with self.client._http.stream("GET", f"/studies/{self.id}/model") as response:
+            if response.status_code >= 400:
+                response.read()
+                raise FedsiloError(response.status_code, response.text)
+            with path.open("wb") as fh:
+                for chunk in response.iter_bytes():
+                    fh.write(chunk)
+        return path
+
+    def wait(self, progress: bool = False, poll: float = 2.0, timeout: float | None = None) -> dict:
+        """Block until the study ends; raise :class:`StudyFailed` unless it finished."""
+        bar = None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                status = self.status()
+                if progress:
+                    if bar is None:
+                        from tqdm import tqdm
+
+                        bar = tqdm(total=status["rounds"], desc=status["title"][:30], unit="round")
+                    done = min(status["rounds"], max(0, status["round"] - 1))
+                    if status["status"] == "finished":
+                        done = status["rounds"]
+                    bar.update(done - bar.n)
+                    bar.set_postfix_str(f"{status['status']} {status['phase']}".strip())
+                if status["status"] in FINAL:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"study {self.id} still {status['status']} after {timeout}s")
+                time.sleep(poll)
+        finally:
+            if bar is not None:
+                bar.close()
+        if status["status"] != "finished":
+            raise StudyFailed(0, f"study {self.id} {status['status']}: {status['error']}")
+        return status
