@@ -120,9 +120,7 @@ def main() -> None:
     t_ceremony.__exit__()
 
     # one streamed round
-    acc = he.CiphertextAccumulator(
-        ceremony.public_context, n, key_id=ceremony.key_id, chunk_values=cv
-    )
+    acc = he.CiphertextAccumulator(ceremony.public_context, n, key_id=ceremony.key_id, chunk_values=cv)
     t_enc = {s: Timer() for s in sites}
     t_add, t_export, t_dec = Timer(), Timer(), Timer()
     up_bytes = dict.fromkeys(sites, 0)

@@ -145,7 +145,7 @@ def _loop_clipped_sum(
     for batch in unit_batches:
         loss = loss_fn(policy, batch)
         grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-        gs = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors, strict=True)]
+        gs = _owned(grads, tensors)
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gs)))
         if fused:  # scale-and-add in one pass
             factor = min(1.0, clip_norm / (float(norm) + 1e-6))
@@ -201,6 +201,20 @@ def _vmap_clipped_sum(
         clipped = [g[n] * factor.view(-1, *([1] * (g[n].dim() - 1))) for n in names]
         post = torch.stack([c.flatten(1).norm(dim=1) for c in clipped], 1).norm(dim=1)
     return acc, norms, post
+
+
+def _owned(grads: Sequence[Tensor | None], tensors: list[Tensor]) -> list[Tensor]:
+    """Gradients safe to update in place: zeros for unused parameters, and a copy wherever
+    autograd handed two parameters the same buffer (possible when a sum feeds both)."""
+    out, seen = [], set()
+    for g, t in zip(grads, tensors, strict=True):
+        if g is None:
+            g = torch.zeros_like(t)
+        elif g.untyped_storage().data_ptr() in seen:
+            g = g.clone()
+        seen.add(g.untyped_storage().data_ptr())
+        out.append(g)
+    return out
 
 
 def _rows(v: Tensor) -> int:

@@ -227,6 +227,7 @@ def policy_features(
         if ft.get("dtype") in ("image", "video") or str(ft.get("dtype", "")).startswith("float")
     }
     for ft in usable.values():
+        ft["shape"] = tuple(int(d) for d in ft["shape"])
         if ft["dtype"] in ("image", "video") and not ft.get("names"):
             ft["names"] = ["height", "width", "channels"]
     pf = dataset_to_policy_features(usable)
