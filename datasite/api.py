@@ -62,10 +62,18 @@ def register(request: HttpRequest, body: DatasetIn):
 @router.post("/consents", response={201: dict})
 def consent(request: HttpRequest, body: ConsentIn):
     require_role(request, DATA_OWNER)
-    event = _call(services.record_consent, body.contributor, body.purpose, body.given, body.evidence,
-                  request.user)
-    return Status(201, {"contributor": event.contributor, "purpose": event.purpose, "given": event.given,
-                        "at": event.at.isoformat()})
+    event = _call(
+        services.record_consent, body.contributor, body.purpose, body.given, body.evidence, request.user
+    )
+    return Status(
+        201,
+        {
+            "contributor": event.contributor,
+            "purpose": event.purpose,
+            "given": event.given,
+            "at": event.at.isoformat(),
+        },
+    )
 
 
 @router.post("/code-requests", response={201: CodeRequestOut})
@@ -86,16 +94,18 @@ def approve(request: HttpRequest, study: str, body: Decision):
     """Approve the latest version: pins its code hash and plan and reserves the budget."""
     require_role(request, DATA_OWNER)
     req = _call(services.latest_request, study)
-    return services.describe(_call(services.decide, req, request.user, True, body.code_sha256, body.reason,
-                                           body.plan_sha256))
+    return services.describe(
+        _call(services.decide, req, request.user, True, body.code_sha256, body.reason, body.plan_sha256)
+    )
 
 
 @router.post("/code-requests/{study}/deny", response=CodeRequestOut)
 def deny(request: HttpRequest, study: str, body: Decision):
     require_role(request, DATA_OWNER)
     req = _call(services.latest_request, study)
-    return services.describe(_call(services.decide, req, request.user, False, body.code_sha256, body.reason,
-                                           body.plan_sha256))
+    return services.describe(
+        _call(services.decide, req, request.user, False, body.code_sha256, body.reason, body.plan_sha256)
+    )
 
 
 @router.post("/code-requests/{study}/revoke", response=CodeRequestOut)
@@ -125,8 +135,9 @@ def init(request: HttpRequest, study: str, norm_stats: Form[str]):
 
 
 @router.post("/studies/{study}/rounds/{round_number}", response={202: dict})
-def assign(request: HttpRequest, study: str, round_number: int, assignment: Form[str],
-           weights: File[UploadedFile]):
+def assign(
+    request: HttpRequest, study: str, round_number: int, assignment: Form[str], weights: File[UploadedFile]
+):
     """A round assignment (JSON) with the global weights (safetensors); runs as a task."""
     require_role(request, PEER_NODE)
     parsed = _call(services.validate_assignment, assignment)

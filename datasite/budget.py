@@ -31,8 +31,10 @@ def round_mechanism(plan: Plan, training_units: int) -> Mechanism:
 
 def _entry_mechanism(entry: LedgerEntry, steps: int | None = None) -> Mechanism:
     return Mechanism(
-        noise_multiplier=entry.noise_multiplier, sample_rate=entry.sample_rate,
-        steps=entry.steps if steps is None else steps, unit=entry.unit,
+        noise_multiplier=entry.noise_multiplier,
+        sample_rate=entry.sample_rate,
+        steps=entry.steps if steps is None else steps,
+        unit=entry.unit,
     )
 
 
@@ -76,8 +78,9 @@ def view(dataset: Dataset) -> BudgetView:
 
 def projected(dataset: Dataset, mechanism: Mechanism, rounds: int) -> float:
     """ε of the dataset if a study running ``mechanism`` for ``rounds`` rounds were approved."""
-    study = Mechanism(mechanism.noise_multiplier, mechanism.sample_rate,
-                      mechanism.steps * rounds, mechanism.unit)
+    study = Mechanism(
+        mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps * rounds, mechanism.unit
+    )
     return epsilon([*charged(dataset), *outstanding(dataset), study], dataset.delta)
 
 
@@ -91,9 +94,13 @@ def reserve(dataset: Dataset, study: str, mechanism: Mechanism, rounds: int) -> 
             f"{dataset.epsilon_max:g} (already committed {view(dataset).committed:.3g})"
         )
     LedgerEntry.objects.create(
-        dataset=dataset, study=study, kind=LedgerEntry.Kind.RESERVE,
-        noise_multiplier=mechanism.noise_multiplier, sample_rate=mechanism.sample_rate,
-        steps=mechanism.steps * rounds, unit=mechanism.unit,
+        dataset=dataset,
+        study=study,
+        kind=LedgerEntry.Kind.RESERVE,
+        noise_multiplier=mechanism.noise_multiplier,
+        sample_rate=mechanism.sample_rate,
+        steps=mechanism.steps * rounds,
+        unit=mechanism.unit,
     )
     return eps
 
@@ -115,10 +122,16 @@ def round_refusal(dataset: Dataset, study: str, mechanism: Mechanism) -> str | N
 def charge(dataset: Dataset, study: str, round_number: int, mechanism: Mechanism) -> bool:
     """Record a finished round's mechanism; False if this round was already charged."""
     _, created = LedgerEntry.objects.get_or_create(
-        dataset=dataset, study=study, round=round_number, kind=LedgerEntry.Kind.CHARGE,
-        defaults={"noise_multiplier": mechanism.noise_multiplier,
-                  "sample_rate": mechanism.sample_rate, "steps": mechanism.steps,
-                  "unit": mechanism.unit},
+        dataset=dataset,
+        study=study,
+        round=round_number,
+        kind=LedgerEntry.Kind.CHARGE,
+        defaults={
+            "noise_multiplier": mechanism.noise_multiplier,
+            "sample_rate": mechanism.sample_rate,
+            "steps": mechanism.steps,
+            "unit": mechanism.unit,
+        },
     )
     return created
 
@@ -127,6 +140,9 @@ def release(dataset: Dataset, study: str) -> None:
     """Free what a cancelled or revoked study reserved and did not use."""
     if dataset.ledger.filter(study=study, kind=LedgerEntry.Kind.RESERVE).exists():
         LedgerEntry.objects.get_or_create(
-            dataset=dataset, study=study, kind=LedgerEntry.Kind.RELEASE, round=None,
+            dataset=dataset,
+            study=study,
+            kind=LedgerEntry.Kind.RELEASE,
+            round=None,
             defaults={"noise_multiplier": 0.0, "sample_rate": 1.0, "steps": 0, "unit": "episode"},
         )

@@ -75,8 +75,12 @@ def join(orchestrator_url: str, token: str, timeout: float = 15.0) -> Orchestrat
                 f"(HTTP {response.status_code}): {_error_detail(response)}"
             )
         peer = JoinResponse.model_validate(response.json()).orchestrator
-        audit.record("federation.joined", None, f"orchestrator:{peer.name}",
-                     {"url": url, "signing_key": peer.signing_key, "kex_key": peer.kex_key})
+        audit.record(
+            "federation.joined",
+            None,
+            f"orchestrator:{peer.name}",
+            {"url": url, "signing_key": peer.signing_key, "kex_key": peer.kex_key},
+        )
         return OrchestratorLink.objects.create(
             name=peer.name, url=url, signing_key=peer.signing_key, kex_key=peer.kex_key, token=token
         )

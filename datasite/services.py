@@ -89,13 +89,29 @@ def register_dataset(name: str, root: str | Path, epsilon_max: float, delta: flo
         raise ServiceError(str(exc)) from exc
     with transaction.atomic():
         ds = Dataset.objects.create(
-            name=name, root=summary.root, repo_id=summary.repo_id, summary=summary.to_dict(),
-            mock=mock_preview(summary), num_episodes=summary.num_episodes,
-            num_frames=summary.num_frames, epsilon_max=epsilon_max, delta=delta, registered_by=user,
+            name=name,
+            root=summary.root,
+            repo_id=summary.repo_id,
+            summary=summary.to_dict(),
+            mock=mock_preview(summary),
+            num_episodes=summary.num_episodes,
+            num_frames=summary.num_frames,
+            epsilon_max=epsilon_max,
+            delta=delta,
+            registered_by=user,
         )
-        audit.record("dataset.registered", user, f"dataset:{name}",
-                     {"root": summary.root, "episodes": summary.num_episodes, "frames": summary.num_frames,
-                      "epsilon_max": epsilon_max, "delta": delta})
+        audit.record(
+            "dataset.registered",
+            user,
+            f"dataset:{name}",
+            {
+                "root": summary.root,
+                "episodes": summary.num_episodes,
+                "frames": summary.num_frames,
+                "epsilon_max": epsilon_max,
+                "delta": delta,
+            },
+        )
     return ds
 
 
@@ -119,25 +135,33 @@ def public_dataset(ds: Dataset) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- consent
 
 
-def record_consent(contributor: str, purpose: str, given: bool, evidence: str = "", user=None) -> ConsentEvent:
+def record_consent(
+    contributor: str, purpose: str, given: bool, evidence: str = "", user=None
+) -> ConsentEvent:
     if not contributor or len(contributor) > 100:
         raise ServiceError("contributor must be a pseudonymous id of 1-100 characters")
     if not re.fullmatch(PURPOSE_PATTERN, purpose):
-        raise ServiceError(f"purpose {purpose!r} must be lower-case words joined by '-', e.g. policy-training")
+        raise ServiceError(
+            f"purpose {purpose!r} must be lower-case words joined by '-', e.g. policy-training"
+        )
     with transaction.atomic():
         event = ConsentEvent.objects.create(
             contributor=contributor, purpose=purpose, given=given, evidence=evidence, recorded_by=user
         )
-        audit.record("consent.given" if given else "consent.withdrawn", user, f"contributor:{contributor}",
-                     {"purpose": purpose, "evidence": evidence})
+        audit.record(
+            "consent.given" if given else "consent.withdrawn",
+            user,
+            f"contributor:{contributor}",
+            {"purpose": purpose, "evidence": evidence},
+        )
     return event
 
 
 def consenting(purpose: str) -> set[str]:
     """Contributors whose latest consent event for ``purpose`` is a consent."""
     latest: dict[str, bool] = {}
-    for contributor, given in ConsentEvent.objects.filter(purpose=purpose).order_by("at", "id").values_list(
-        "contributor", "given"
+    for contributor, given in (
+        ConsentEvent.objects.filter(purpose=purpose).order_by("at", "id").values_list("contributor", "given")
     ):
         latest[contributor] = given
     return {c for c, given in latest.items() if given}
@@ -200,15 +224,29 @@ def receive_code_request(body: CodeRequestIn) -> CodeRequest:
             status=CodeRequest.Status.SUPERSEDED
         )
         request = CodeRequest.objects.create(
-            study=body.study, version=body.version, title=body.title, researcher=body.researcher,
-            code=body.code.model_dump(), code_sha256=body.code_sha256, plan=body.plan.model_dump(),
-            plan_sha256=plan_sha256(body.plan), sites=body.sites,
+            study=body.study,
+            version=body.version,
+            title=body.title,
+            researcher=body.researcher,
+            code=body.code.model_dump(),
+            code_sha256=body.code_sha256,
+            plan=body.plan.model_dump(),
+            plan_sha256=plan_sha256(body.plan),
+            sites=body.sites,
         )
         request.datasets.set(datasets)
-        audit.record("code_request.received", _orchestrator_name(), f"study:{body.study}",
-                     {"version": body.version, "code_sha256": body.code_sha256,
-                      "plan_sha256": request.plan_sha256, "researcher": body.researcher,
-                      "datasets": body.datasets})
+        audit.record(
+            "code_request.received",
+            _orchestrator_name(),
+            f"study:{body.study}",
+            {
+                "version": body.version,
+                "code_sha256": body.code_sha256,
+                "plan_sha256": request.plan_sha256,
+                "researcher": body.researcher,
+                "datasets": body.datasets,
+            },
+        )
     return request
 
 
@@ -245,8 +283,11 @@ def projection(request: CodeRequest) -> dict[str, float]:
 def describe(request: CodeRequest) -> CodeRequestOut:
     plan = plan_of(request)
     return CodeRequestOut(
-        study=request.study, version=request.version, status=request.status,
-        code_sha256=request.code_sha256, reason=request.reason,
+        study=request.study,
+        version=request.version,
+        status=request.status,
+        code_sha256=request.code_sha256,
+        reason=request.reason,
         decided_by=request.decided_by.get_username() if request.decided_by else None,
         decided_at=request.decided_at.isoformat() if request.decided_at else None,
         projected_epsilon={k: (v if math.isfinite(v) else -1.0) for k, v in projection(request).items()},
@@ -254,8 +295,14 @@ def describe(request: CodeRequest) -> CodeRequestOut:
     )
 
 
-def decide(request: CodeRequest, user, approve: bool, code_sha256: str, reason: str = "",
-           plan_sha256_seen: str | None = None) -> CodeRequest:
+def decide(
+    request: CodeRequest,
+    user,
+    approve: bool,
+    code_sha256: str,
+    reason: str = "",
+    plan_sha256_seen: str | None = None,
+) -> CodeRequest:
     """Approve (pin code and plan, reserve the budget) or deny, in one transaction.
 
     ``code_sha256`` (and ``plan_sha256_seen`` when given) are what the data owner was shown:
@@ -281,17 +328,33 @@ def decide(request: CodeRequest, user, approve: bool, code_sha256: str, reason: 
                     eps = budget.reserve(ds, request.study, mech, plan.rounds)
                 except budget.BudgetError as exc:
                     raise Conflict(str(exc)) from exc
-                audit.record("budget.reserved", user, f"dataset:{ds.name}",
-                             {"study": request.study, "mechanism": mech.to_dict(), "rounds": plan.rounds,
-                              "projected_epsilon": eps})
+                audit.record(
+                    "budget.reserved",
+                    user,
+                    f"dataset:{ds.name}",
+                    {
+                        "study": request.study,
+                        "mechanism": mech.to_dict(),
+                        "rounds": plan.rounds,
+                        "projected_epsilon": eps,
+                    },
+                )
         request.status = CodeRequest.Status.APPROVED if approve else CodeRequest.Status.DENIED
         request.decided_by = user
         request.decided_at = timezone.now()
         request.reason = reason
         request.save()
-        audit.record(f"code_request.{request.status}", user, f"study:{request.study}",
-                     {"version": request.version, "code_sha256": request.code_sha256,
-                      "plan_sha256": request.plan_sha256, "reason": reason})
+        audit.record(
+            f"code_request.{request.status}",
+            user,
+            f"study:{request.study}",
+            {
+                "version": request.version,
+                "code_sha256": request.code_sha256,
+                "plan_sha256": request.plan_sha256,
+                "reason": reason,
+            },
+        )
     return request
 
 
@@ -306,8 +369,12 @@ def revoke(request: CodeRequest, user, reason: str) -> CodeRequest:
         request.decided_by = user
         request.decided_at = timezone.now()
         request.save()
-        audit.record("code_request.revoked", user, f"study:{request.study}",
-                     {"version": request.version, "reason": reason})
+        audit.record(
+            "code_request.revoked",
+            user,
+            f"study:{request.study}",
+            {"version": request.version, "reason": reason},
+        )
         for ds in request.datasets.all():
             budget.release(ds, request.study)
             audit.record("budget.released", user, f"dataset:{ds.name}", {"study": request.study})
@@ -333,8 +400,11 @@ def study_stats(study: str) -> dict[str, dict[str, list]]:
     ds = request.datasets.get()
     split = split_episodes(ds, plan_of(request))
     resolve_config(request.code["recipe"], request.code["config"])
-    keys = [k for k in ds.summary["features"] if k in ("observation.state", "action")
-            or k.startswith("observation.images.")]
+    keys = [
+        k
+        for k in ds.summary["features"]
+        if k in ("observation.state", "action") or k.startswith("observation.images.")
+    ]
     stats = site_stats(Path(ds.root), split.train, keys, seed=plan_of(request).seed)
     return {k: {n: np.asarray(v).tolist() for n, v in by.items()} for k, by in stats.items()}
 
@@ -346,8 +416,9 @@ def initial_weights(study: str, norm_stats: dict) -> bytes:
 
     request = approved_request(study)
     ds = request.datasets.get()
-    bundle = build_policy(request.code["recipe"], request.code["config"], ds.summary["features"],
-                          norm_stats, device="cpu")
+    bundle = build_policy(
+        request.code["recipe"], request.code["config"], ds.summary["features"], norm_stats, device="cpu"
+    )
     return save_safetensors(trainable_state(bundle.policy))
 
 
@@ -382,11 +453,18 @@ def accept_assignment(assignment: RoundAssignment, weights: bytes) -> tuple[Roun
     try:
         with transaction.atomic():
             run = RoundRun.objects.create(
-                request=request, study=assignment.study, round=assignment.round,
-                eval_only=assignment.eval_only, assignment=assignment.model_dump(),
+                request=request,
+                study=assignment.study,
+                round=assignment.round,
+                eval_only=assignment.eval_only,
+                assignment=assignment.model_dump(),
             )
-            audit.record("round.assigned", _orchestrator_name(), f"study:{run.study}",
-                         {"round": run.round, "eval_only": run.eval_only})
+            audit.record(
+                "round.assigned",
+                _orchestrator_name(),
+                f"study:{run.study}",
+                {"round": run.round, "eval_only": run.eval_only},
+            )
     except IntegrityError:  # a concurrent duplicate delivery won the race
         return RoundRun.objects.get(study=assignment.study, round=assignment.round), False
     return run, True
@@ -407,8 +485,9 @@ def _claim(run_id: int) -> RoundRun | None:
         run.lease_until = now + LEASE
         run.error = ""
         run.save()
-        audit.record("round.started", audit.SYSTEM, f"study:{run.study}",
-                     {"round": run.round, "attempt": run.attempts})
+        audit.record(
+            "round.started", audit.SYSTEM, f"study:{run.study}", {"round": run.round, "attempt": run.attempts}
+        )
     return run
 
 
@@ -436,7 +515,10 @@ def _checks(run: RoundRun) -> tuple[CodeRequest, Plan, Dataset, EpisodeSplit, Me
         raise Forbidden(f"approval is {request.status}: this site does not run the study any more")
     if bundle_sha256(_bundle(request)) != request.code_sha256:
         raise Forbidden("the stored code bundle no longer matches its approved SHA-256")
-    if run.assignment["code_sha256"] != request.code_sha256 or run.assignment["plan_sha256"] != request.plan_sha256:
+    if (
+        run.assignment["code_sha256"] != request.code_sha256
+        or run.assignment["plan_sha256"] != request.plan_sha256
+    ):
         raise Forbidden("the round's code or plan differs from the approved ones")
     plan = plan_of(request)
     if plan_sha256(plan) != request.plan_sha256:
@@ -475,10 +557,17 @@ def execute_round(run_id: int) -> None:
         log.exception("round %s/%s failed", run.study, run.round)
         with transaction.atomic():
             RoundRun.objects.filter(pk=run.pk).update(
-                status=RoundRun.Status.FAILED, error=message[:2000], finished_at=timezone.now(), lease_until=None
+                status=RoundRun.Status.FAILED,
+                error=message[:2000],
+                finished_at=timezone.now(),
+                lease_until=None,
             )
-            audit.record("round.failed", audit.SYSTEM, f"study:{run.study}",
-                         {"round": run.round, "error": message[:500]})
+            audit.record(
+                "round.failed",
+                audit.SYSTEM,
+                f"study:{run.study}",
+                {"round": run.round, "error": message[:500]},
+            )
         report_failure(RoundRun.objects.get(pk=run.pk))
         return
     finally:
@@ -488,11 +577,19 @@ def execute_round(run_id: int) -> None:
         run = RoundRun.objects.select_for_update().get(pk=run.pk)
         if run.status == RoundRun.Status.DONE:  # a duplicate finished first: keep its result
             return
-        audit.record("data.accessed", audit.SYSTEM, f"dataset:{ds.name}",
-                     {"study": run.study, "round": run.round, "episodes": episodes_read})
+        audit.record(
+            "data.accessed",
+            audit.SYSTEM,
+            f"dataset:{ds.name}",
+            {"study": run.study, "round": run.round, "episodes": episodes_read},
+        )
         if mechanism is not None and budget.charge(ds, run.study, run.round, mechanism):
-            audit.record("budget.charged", audit.SYSTEM, f"dataset:{ds.name}",
-                         {"study": run.study, "round": run.round, "mechanism": mechanism.to_dict()})
+            audit.record(
+                "budget.charged",
+                audit.SYSTEM,
+                f"dataset:{ds.name}",
+                {"study": run.study, "round": run.round, "mechanism": mechanism.to_dict()},
+            )
         metrics["epsilon_spent"] = budget.view(ds).spent
         metrics["dataset"] = ds.name
         run.status = RoundRun.Status.DONE
@@ -502,8 +599,12 @@ def execute_round(run_id: int) -> None:
         run.finished_at = timezone.now()
         run.lease_until = None
         run.save()
-        audit.record("round.finished", audit.SYSTEM, f"study:{run.study}",
-                     {"round": run.round, "epsilon_spent": metrics["epsilon_spent"]})
+        audit.record(
+            "round.finished",
+            audit.SYSTEM,
+            f"study:{run.study}",
+            {"round": run.round, "epsilon_spent": metrics["epsilon_spent"]},
+        )
     upload_result(run)
 
 
@@ -526,30 +627,62 @@ def _dp_seed(run: RoundRun) -> int:
 
 
 def _train(run: RoundRun):
+    import torch
+
     from datasite.training.trainer import LocalPlan, evaluate, train_local
     from datasite.training.weights import load_safetensors, save_safetensors
 
+    if settings.FEDSILO_TORCH_THREADS:
+        torch.set_num_threads(settings.FEDSILO_TORCH_THREADS)
     request, plan, ds, split, mech = _checks(run)
     folder = round_dir(run.study, run.round)
     global_weights = load_safetensors((folder / "global.safetensors").read_bytes())
     norm_stats = run.assignment["norm_stats"]
     code = request.code
-    heldout = evaluate(global_weights, code["recipe"], code["config"], Path(ds.root), split.holdout,
-                       norm_stats, seed=plan.seed) if split.holdout else None
-    metrics: dict[str, Any] = {"heldout_loss": heldout, "holdout_episodes": len(split.holdout),
-                               "excluded_episodes": len(split.excluded)}
+    heldout = (
+        evaluate(
+            global_weights,
+            code["recipe"],
+            code["config"],
+            Path(ds.root),
+            split.holdout,
+            norm_stats,
+            seed=plan.seed,
+        )
+        if split.holdout
+        else None
+    )
+    metrics: dict[str, Any] = {
+        "heldout_loss": heldout,
+        "holdout_episodes": len(split.holdout),
+        "excluded_episodes": len(split.excluded),
+    }
     if run.eval_only:
         return metrics, split.holdout, 0, None, ds
     local = LocalPlan(
-        local_steps=plan.local_steps, batch_size=plan.batch_size, lr=plan.lr, mu=plan.mu,
-        seed=plan.seed * 100_003 + run.round, dp=plan.dp.enabled,
-        noise_multiplier=plan.dp.noise_multiplier, clip_norm=plan.dp.clip_norm,
-        sample_rate=mech.sample_rate if plan.dp.enabled else None, unit=plan.dp.unit,
+        local_steps=plan.local_steps,
+        batch_size=plan.batch_size,
+        lr=plan.lr,
+        mu=plan.mu,
+        seed=plan.seed * 100_003 + run.round,
+        dp=plan.dp.enabled,
+        noise_multiplier=plan.dp.noise_multiplier,
+        clip_norm=plan.dp.clip_norm,
+        sample_rate=mech.sample_rate if plan.dp.enabled else None,
+        unit=plan.dp.unit,
         frames_per_episode=plan.dp.frames_per_episode,
         dp_seed=_dp_seed(run),
     )
-    result = train_local(global_weights, code["recipe"], code["config"], Path(ds.root), split.train,
-                         local, norm_stats, progress=False)
+    result = train_local(
+        global_weights,
+        code["recipe"],
+        code["config"],
+        Path(ds.root),
+        split.train,
+        local,
+        norm_stats,
+        progress=False,
+    )
     (folder / "update.safetensors").write_bytes(save_safetensors(result.update))
     metrics.update(result.metrics)
     if result.mechanism is not None and result.mechanism != mech:
@@ -575,8 +708,10 @@ def _post_upload(run: RoundRun, meta: RoundUpload, update: bytes | None) -> bool
     try:
         response = httpx.post(
             f"{link.url}/api/studies/{run.study}/rounds/{run.round}/updates",
-            data={"meta": meta.model_dump_json()}, files=files,
-            headers={"Authorization": f"Bearer {link.token}"}, timeout=300,
+            data={"meta": meta.model_dump_json()},
+            files=files,
+            headers={"Authorization": f"Bearer {link.token}"},
+            timeout=300,
         )
     except httpx.HTTPError as exc:
         log.warning("upload of %s/%s failed: %s", run.study, run.round, exc)
@@ -584,7 +719,9 @@ def _post_upload(run: RoundRun, meta: RoundUpload, update: bytes | None) -> bool
     if response.status_code in (200, 201, 409):  # 409: already received, nothing to do
         RoundRun.objects.filter(pk=run.pk).update(uploaded_at=timezone.now())
         return True
-    log.warning("upload of %s/%s refused (%s): %s", run.study, run.round, response.status_code, response.text[:300])
+    log.warning(
+        "upload of %s/%s refused (%s): %s", run.study, run.round, response.status_code, response.text[:300]
+    )
     return False
 
 
@@ -593,24 +730,48 @@ def upload_result(run: RoundRun) -> bool:
     update = None
     if not run.eval_only:
         update = (round_dir(run.study, run.round) / "update.safetensors").read_bytes()
-    meta = RoundUpload(study=run.study, round=run.round, site=settings.NODE_NAME,
-                       num_examples=run.num_examples,
-                       local_steps=0 if run.eval_only else plan_of(run.request).local_steps,
-                       metrics=_public_metrics(run.metrics))
+    meta = RoundUpload(
+        study=run.study,
+        round=run.round,
+        site=settings.NODE_NAME,
+        num_examples=run.num_examples,
+        local_steps=0 if run.eval_only else plan_of(run.request).local_steps,
+        metrics=_public_metrics(run.metrics),
+    )
     return _post_upload(run, meta, update)
 
 
 def report_failure(run: RoundRun) -> bool:
-    meta = RoundUpload(study=run.study, round=run.round, site=settings.NODE_NAME, num_examples=0,
-                       local_steps=0, metrics={}, error=run.error or "failed")
+    meta = RoundUpload(
+        study=run.study,
+        round=run.round,
+        site=settings.NODE_NAME,
+        num_examples=0,
+        local_steps=0,
+        metrics={},
+        error=run.error or "failed",
+    )
     return _post_upload(run, meta, None)
 
 
 def _public_metrics(metrics: dict) -> dict:
     """Metrics the site releases with its update: losses and counts, never episode ids."""
-    keep = ("heldout_loss", "loss_before", "loss_after", "steps", "episodes_used", "frames_used",
-            "holdout_episodes", "excluded_episodes", "seconds", "device", "dp", "privacy_unit",
-            "epsilon_spent", "dataset")
+    keep = (
+        "heldout_loss",
+        "loss_before",
+        "loss_after",
+        "steps",
+        "episodes_used",
+        "frames_used",
+        "holdout_episodes",
+        "excluded_episodes",
+        "seconds",
+        "device",
+        "dp",
+        "privacy_unit",
+        "epsilon_spent",
+        "dataset",
+    )
     return {k: metrics[k] for k in keep if k in metrics}
 
 

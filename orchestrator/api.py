@@ -43,14 +43,16 @@ def datasites(request: HttpRequest) -> list[DatasiteOut]:
     require_role(request, RESEARCHER, NODE_ADMIN)
     return [
         DatasiteOut(
-            name=s.name, url=s.url, status=s.status,
+            name=s.name,
+            url=s.url,
+            status=s.status,
             joined_at=s.joined_at.isoformat() if s.joined_at else None,
             last_heartbeat=s.last_heartbeat.isoformat() if s.last_heartbeat else None,
-            signing_key=s.signing_key, kex_key=s.kex_key,
+            signing_key=s.signing_key,
+            kex_key=s.kex_key,
         )
         for s in Datasite.objects.all()
     ]
-
 
 
 # ----------------------------------------------------------------------------- studies

@@ -36,7 +36,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def _paths(study_id: str, round_number: int) -> tuple[Path, Path]:
     folder = study_dir(study_id) / "checkpoints"
     folder.mkdir(exist_ok=True)
-    return folder / f"round-{round_number:05d}.safetensors", folder / f"round-{round_number:05d}.state.safetensors"
+    return (
+        folder / f"round-{round_number:05d}.safetensors",
+        folder / f"round-{round_number:05d}.state.safetensors",
+    )
 
 
 def save(study_id: str, round_number: int, weights: Arrays, state: ServerState) -> Path:

@@ -41,8 +41,12 @@ class Client:
 
     def __init__(self, url: str, token: str, timeout: float = 60.0, verify: bool | str = True):
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=f"{self.url}/api", timeout=timeout, verify=verify,
-                                  headers={"Authorization": f"Bearer {token}"})
+        self._http = httpx.Client(
+            base_url=f"{self.url}/api",
+            timeout=timeout,
+            verify=verify,
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -95,8 +99,14 @@ class Client:
         body = {
             "title": title,
             "code": {"kind": "recipe", "recipe": recipe, "config": config or {}},
-            "plan": {"rounds": rounds, "strategy": strategy, "mu": mu, "dp": dp or {},
-                     "aggregation": aggregation, **plan},
+            "plan": {
+                "rounds": rounds,
+                "strategy": strategy,
+                "mu": mu,
+                "dp": dp or {},
+                "aggregation": aggregation,
+                **plan,
+            },
             "datasets": datasets,
         }
         return Study(self, self._request("POST", "/studies", json=body).json()["id"])

@@ -38,8 +38,9 @@ def plan_of(study: Study) -> Plan:
 def _fail(study: Study, reason: str) -> None:
     log.warning("study %s failed: %s", study.pk, reason)
     with transaction.atomic():
-        Study.objects.filter(pk=study.pk).update(status=Study.Status.FAILED, error=reason,
-                                                 finished_at=timezone.now())
+        Study.objects.filter(pk=study.pk).update(
+            status=Study.Status.FAILED, error=reason, finished_at=timezone.now()
+        )
         audit.record("study.failed", audit.SYSTEM, f"study:{study.pk}", {"reason": reason})
 
 
@@ -51,8 +52,9 @@ def _set(study: Study, **fields) -> None:
     with transaction.atomic():
         study.save(update_fields=[*fields, "updated_at"])
         if study.status != old:
-            audit.record(f"study.{study.status}", audit.SYSTEM, f"study:{study.pk}",
-                         {"round": study.current_round})
+            audit.record(
+                f"study.{study.status}", audit.SYSTEM, f"study:{study.pk}", {"round": study.current_round}
+            )
 
 
 def advance(study: Study) -> None:
@@ -72,9 +74,14 @@ def advance(study: Study) -> None:
 
 def _request_body(study: Study, site: StudySite) -> dict:
     return {
-        "study": study.pk, "version": study.version, "title": study.title,
-        "researcher": study.researcher.get_username(), "code": study.code,
-        "code_sha256": study.code_sha256, "plan": study.plan, "datasets": [site.dataset],
+        "study": study.pk,
+        "version": study.version,
+        "title": study.title,
+        "researcher": study.researcher.get_username(),
+        "code": study.code,
+        "code_sha256": study.code_sha256,
+        "plan": study.plan,
+        "datasets": [site.dataset],
         "sites": [s.datasite.name for s in study.sites.select_related("datasite")],
     }
 
@@ -143,8 +150,9 @@ def _prepare(study: Study) -> None:
             except SiteUnreachable as exc:
                 log.info("statistics of %s not available yet: %s", site.datasite.name, exc)
                 return
-    pooled = aggregate_stats([{k: {n: np.asarray(v) for n, v in by.items()} for k, by in s.items()}
-                              for s in per_site])
+    pooled = aggregate_stats(
+        [{k: {n: np.asarray(v) for n, v in by.items()} for k, by in s.items()} for s in per_site]
+    )
     norm_stats = {k: {n: np.asarray(v).tolist() for n, v in by.items()} for k, by in pooled.items()}
     _set(study, norm_stats=norm_stats, phase="initialisation")
     with SiteClient(sites[0].datasite) as client:
@@ -171,8 +179,14 @@ def _participants(study: Study, number: int) -> list[str]:
 def _send_round(study: Study, rnd: Round) -> None:
     """(Re)send the assignment to every participant that has not reported yet."""
     weights = checkpoints.weights_bytes(study.pk, rnd.number - 1)
-    assignment = {"study": study.pk, "round": rnd.number, "code_sha256": study.code_sha256,
-                  "plan_sha256": study.plan_sha256, "norm_stats": study.norm_stats, "eval_only": rnd.eval_only}
+    assignment = {
+        "study": study.pk,
+        "round": rnd.number,
+        "code_sha256": study.code_sha256,
+        "plan_sha256": study.plan_sha256,
+        "norm_stats": study.norm_stats,
+        "eval_only": rnd.eval_only,
+    }
     reported = set(rnd.updates.values_list("datasite__name", flat=True))
     for site in _approved_sites(study):
         name = site.datasite.name
@@ -185,7 +199,10 @@ def _send_round(study: Study, rnd: Round) -> None:
                 log.info("round %s not delivered to %s: %s", rnd.number, name, exc)
                 if 400 <= exc.status < 500:  # the site refuses: drop it from this round now
                     rnd.dropped = sorted({*rnd.dropped, name})
-                    rnd.metrics = {**rnd.metrics, "refusals": {**rnd.metrics.get("refusals", {}), name: str(exc)}}
+                    rnd.metrics = {
+                        **rnd.metrics,
+                        "refusals": {**rnd.metrics.get("refusals", {}), name: str(exc)},
+                    }
     rnd.last_sent_at = timezone.now()
     rnd.save(update_fields=["last_sent_at", "dropped", "metrics"])
 
@@ -198,11 +215,18 @@ def _drive_round(study: Study) -> None:
     if rnd is None:
         with transaction.atomic():
             rnd = Round.objects.create(
-                study=study, number=number, eval_only=eval_only, participants=_participants(study, number),
+                study=study,
+                number=number,
+                eval_only=eval_only,
+                participants=_participants(study, number),
                 deadline=timezone.now() + timedelta(seconds=plan.round_timeout_s),
             )
-            audit.record("round.started", audit.SYSTEM, f"study:{study.pk}",
-                         {"round": number, "participants": rnd.participants, "eval_only": eval_only})
+            audit.record(
+                "round.started",
+                audit.SYSTEM,
+                f"study:{study.pk}",
+                {"round": number, "participants": rnd.participants, "eval_only": eval_only},
+            )
         _set(study, phase="evaluate" if eval_only else "train")
         _send_round(study, rnd)
         return
@@ -220,31 +244,49 @@ def _close_round(study: Study, rnd: Round, reported: dict[str, SiteUpdate], wait
     ok = {name: u for name, u in reported.items() if not u.error}
     dropped = sorted(set(waiting) | set(rnd.dropped) | {name for name, u in reported.items() if u.error})
     if len(ok) < plan.min_sites:
-        Round.objects.filter(pk=rnd.pk).update(status=Round.Status.FAILED, dropped=dropped,
-                                               finished_at=timezone.now())
+        Round.objects.filter(pk=rnd.pk).update(
+            status=Round.Status.FAILED, dropped=dropped, finished_at=timezone.now()
+        )
         errors = "; ".join(f"{n}: {u.error}" for n, u in reported.items() if u.error)
-        _fail(study, f"round {rnd.number}: {len(ok)} site(s) answered, {plan.min_sites} needed"
-              + (f" ({errors})" if errors else "") + (f"; timed out: {', '.join(waiting)}" if waiting else ""))
+        _fail(
+            study,
+            f"round {rnd.number}: {len(ok)} site(s) answered, {plan.min_sites} needed"
+            + (f" ({errors})" if errors else "")
+            + (f"; timed out: {', '.join(waiting)}" if waiting else ""),
+        )
         return
     metrics = {**rnd.metrics, **_round_metrics(ok)}
     _set(study, phase="aggregate")
     if not rnd.eval_only:
         weights, state = checkpoints.load(study.pk, rnd.number - 1)
-        results = [ClientResult(from_bytes(Path(u.path).read_bytes()), max(1, u.num_examples),
-                                max(1, u.local_steps)) for u in ok.values()]
+        results = [
+            ClientResult(from_bytes(Path(u.path).read_bytes()), max(1, u.num_examples), max(1, u.local_steps))
+            for u in ok.values()
+        ]
         avg = aggregate_plain(results, plan.strategy)
-        new_weights, new_state = server_update(plan.strategy, weights, avg, state,
-                                               ServerHParams.from_dict(plan.server))
+        new_weights, new_state = server_update(
+            plan.strategy, weights, avg, state, ServerHParams.from_dict(plan.server)
+        )
         checkpoints.save(study.pk, rnd.number, new_weights, new_state)
     with transaction.atomic():
-        Round.objects.filter(pk=rnd.pk).update(status=Round.Status.DONE, dropped=dropped, metrics=metrics,
-                                               finished_at=timezone.now())
-        audit.record("round.finished", audit.SYSTEM, f"study:{study.pk}",
-                     {"round": rnd.number, "aggregated": sorted(ok), "dropped": dropped,
-                      "heldout_loss": metrics.get("heldout_loss")})
+        Round.objects.filter(pk=rnd.pk).update(
+            status=Round.Status.DONE, dropped=dropped, metrics=metrics, finished_at=timezone.now()
+        )
+        audit.record(
+            "round.finished",
+            audit.SYSTEM,
+            f"study:{study.pk}",
+            {
+                "round": rnd.number,
+                "aggregated": sorted(ok),
+                "dropped": dropped,
+                "heldout_loss": metrics.get("heldout_loss"),
+            },
+        )
         if rnd.eval_only:
-            Study.objects.filter(pk=study.pk).update(status=Study.Status.FINISHED, phase="",
-                                                     finished_at=timezone.now())
+            Study.objects.filter(pk=study.pk).update(
+                status=Study.Status.FINISHED, phase="", finished_at=timezone.now()
+            )
             audit.record("study.finished", audit.SYSTEM, f"study:{study.pk}", {"rounds": rnd.number - 1})
         else:
             Study.objects.filter(pk=study.pk).update(current_round=rnd.number + 1, phase="train")
@@ -253,8 +295,11 @@ def _close_round(study: Study, rnd: Round, reported: dict[str, SiteUpdate], wait
 def _round_metrics(ok: dict[str, SiteUpdate]) -> dict:
     """Per-site losses and ε, and the global held-out loss of the model the round started from."""
     sites = {name: u.metrics for name, u in sorted(ok.items())}
-    held = [(m["heldout_loss"], m.get("holdout_episodes", 1)) for m in sites.values()
-            if m.get("heldout_loss") is not None]
+    held = [
+        (m["heldout_loss"], m.get("holdout_episodes", 1))
+        for m in sites.values()
+        if m.get("heldout_loss") is not None
+    ]
     total = sum(w for _, w in held)
     return {
         "sites": sites,

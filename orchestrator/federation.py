@@ -64,8 +64,12 @@ def accept_join(user, request: JoinRequest) -> Datasite:
     site.joined_at = site.joined_at or timezone.now()
     site.last_heartbeat = timezone.now()
     site.save()
-    audit.record("federation.joined", f"node:{site.name}", f"datasite:{site.name}",
-                 {"url": site.url, "signing_key": site.signing_key, "kex_key": site.kex_key})
+    audit.record(
+        "federation.joined",
+        f"node:{site.name}",
+        f"datasite:{site.name}",
+        {"url": site.url, "signing_key": site.signing_key, "kex_key": site.kex_key},
+    )
     return site
 
 

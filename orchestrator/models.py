@@ -107,6 +107,9 @@ class StudySite(models.Model):
         ordering = ["datasite__name"]
         constraints = [models.UniqueConstraint(fields=["study", "datasite"], name="one_site_entry")]
 
+    def __str__(self) -> str:
+        return f"{self.datasite_id} in {self.study_id[:8]} ({self.status})"
+
 
 class Round(models.Model):
     """One round of a study: who was asked, who answered, what came out."""
@@ -132,6 +135,9 @@ class Round(models.Model):
         ordering = ["study", "number"]
         constraints = [models.UniqueConstraint(fields=["study", "number"], name="one_round_number")]
 
+    def __str__(self) -> str:
+        return f"round {self.number} of {self.study_id[:8]} ({self.status})"
+
 
 class SiteUpdate(models.Model):
     """What one site returned for one round (the update itself is a file; plain mode only)."""
@@ -147,3 +153,6 @@ class SiteUpdate(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["round", "datasite"], name="one_update_per_site")]
+
+    def __str__(self) -> str:
+        return f"update of {self.datasite_id} for round {self.round_id}"

@@ -54,14 +54,26 @@ def propose(researcher, title: str, code: CodeBundle, plan: Plan, datasets: dict
         raise ServiceError(f"server hyperparameters: {exc}") from exc
     with transaction.atomic():
         study = Study.objects.create(
-            title=title, researcher=researcher, code=code.model_dump(), code_sha256=bundle_sha256(code),
-            plan=plan.model_dump(), plan_sha256=plan_sha256(plan),
+            title=title,
+            researcher=researcher,
+            code=code.model_dump(),
+            code_sha256=bundle_sha256(code),
+            plan=plan.model_dump(),
+            plan_sha256=plan_sha256(plan),
         )
         for name, dataset in sorted(datasets.items()):
             StudySite.objects.create(study=study, datasite=sites[name], dataset=dataset)
-        audit.record("study.proposed", researcher, f"study:{study.pk}",
-                     {"title": title, "code_sha256": study.code_sha256, "plan_sha256": study.plan_sha256,
-                      "datasets": datasets})
+        audit.record(
+            "study.proposed",
+            researcher,
+            f"study:{study.pk}",
+            {
+                "title": title,
+                "code_sha256": study.code_sha256,
+                "plan_sha256": study.plan_sha256,
+                "datasets": datasets,
+            },
+        )
     return study
 
 
@@ -91,11 +103,14 @@ def cancel(study: Study) -> Study:
 
 
 def upload_limit(study: Study) -> int:
-    return expected_bytes(study.manifest) + 64 * 1024 if study.manifest else settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return (
+        expected_bytes(study.manifest) + 64 * 1024 if study.manifest else settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    )
 
 
-def receive_upload(site: Datasite, study_id: str, round_number: int, meta: RoundUpload,
-                   update: bytes | None) -> SiteUpdate:
+def receive_upload(
+    site: Datasite, study_id: str, round_number: int, meta: RoundUpload, update: bytes | None
+) -> SiteUpdate:
     """Accept one site's result for the current round; anything replayed, late, out of order
     or malformed is refused and changes nothing."""
     if meta.study != study_id or meta.round != round_number or meta.site != site.name:
@@ -130,11 +145,20 @@ def receive_upload(site: Datasite, study_id: str, round_number: int, meta: Round
     try:
         with transaction.atomic():
             saved = SiteUpdate.objects.create(
-                round=rnd, datasite=site, num_examples=meta.num_examples, local_steps=meta.local_steps,
-                metrics=meta.metrics, error=meta.error, path=path,
+                round=rnd,
+                datasite=site,
+                num_examples=meta.num_examples,
+                local_steps=meta.local_steps,
+                metrics=meta.metrics,
+                error=meta.error,
+                path=path,
             )
-            audit.record("round.update_received", f"node:{site.name}", f"study:{study_id}",
-                         {"round": round_number, "error": meta.error, "bytes": len(update or b"")})
+            audit.record(
+                "round.update_received",
+                f"node:{site.name}",
+                f"study:{study_id}",
+                {"round": round_number, "error": meta.error, "bytes": len(update or b"")},
+            )
             return saved
     except IntegrityError as exc:
         raise Conflict(f"{site.name} already reported round {round_number}") from exc
@@ -150,8 +174,13 @@ def status(study: Study) -> dict:
         "phase": study.phase,
         "error": study.error,
         "sites": [
-            {"name": s.datasite.name, "dataset": s.dataset, "status": s.status, "reason": s.reason,
-             "projected_epsilon": s.projected_epsilon}
+            {
+                "name": s.datasite.name,
+                "dataset": s.dataset,
+                "status": s.status,
+                "reason": s.reason,
+                "projected_epsilon": s.projected_epsilon,
+            }
             for s in study.sites.select_related("datasite")
         ],
         "code_sha256": study.code_sha256,
@@ -162,8 +191,14 @@ def status(study: Study) -> dict:
 
 def metrics(study: Study) -> list[dict]:
     return [
-        {"round": r.number, "eval_only": r.eval_only, "status": r.status, "participants": r.participants,
-         "dropped": r.dropped, **r.metrics}
+        {
+            "round": r.number,
+            "eval_only": r.eval_only,
+            "status": r.status,
+            "participants": r.participants,
+            "dropped": r.dropped,
+            **r.metrics,
+        }
         for r in study.rounds.all()
     ]
 

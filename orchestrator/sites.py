@@ -21,7 +21,8 @@ class SiteClient:
     def __init__(self, site: Datasite, timeout: float = 30.0):
         self.site = site
         self.http = httpx.Client(
-            base_url=f"{site.url}/api", timeout=timeout,
+            base_url=f"{site.url}/api",
+            timeout=timeout,
             headers={"Authorization": f"Bearer {site.callback_token}"},
         )
 
@@ -41,8 +42,9 @@ class SiteClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text[:300]
-            raise SiteUnreachable(f"{self.site.name}: HTTP {response.status_code}: {detail}",
-                                  response.status_code)
+            raise SiteUnreachable(
+                f"{self.site.name}: HTTP {response.status_code}: {detail}", response.status_code
+            )
         return response
 
     def datasets(self) -> list[dict]:
@@ -58,12 +60,15 @@ class SiteClient:
         return self._call("POST", f"/studies/{study}/stats", timeout=600).json()
 
     def initial_weights(self, study: str, norm_stats: dict) -> bytes:
-        return self._call("POST", f"/studies/{study}/init", data={"norm_stats": json.dumps(norm_stats)},
-                          timeout=600).content
+        return self._call(
+            "POST", f"/studies/{study}/init", data={"norm_stats": json.dumps(norm_stats)}, timeout=600
+        ).content
 
     def assign(self, study: str, round_number: int, assignment: dict, weights: bytes) -> dict:
         return self._call(
-            "POST", f"/studies/{study}/rounds/{round_number}", timeout=300,
+            "POST",
+            f"/studies/{study}/rounds/{round_number}",
+            timeout=300,
             data={"assignment": json.dumps(assignment)},
             files={"weights": ("global.safetensors", weights, "application/octet-stream")},
         ).json()

@@ -48,7 +48,9 @@ def check(arrays: Arrays, manifest: list[dict]) -> None:
     want = {m["name"]: m for m in manifest}
     missing, extra = sorted(set(want) - set(arrays)), sorted(set(arrays) - set(want))
     if missing or extra:
-        raise TensorError(f"tensor names differ from the manifest (missing {missing[:3]}, unexpected {extra[:3]})")
+        raise TensorError(
+            f"tensor names differ from the manifest (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     for name, arr in arrays.items():
         m = want[name]
         if list(arr.shape) != list(m["shape"]):

@@ -20,8 +20,12 @@ def _postgres_unreachable() -> str | None:
     cfg = dj_database_url.parse(url)
     try:
         psycopg.connect(
-            dbname=cfg["NAME"], user=cfg["USER"] or None, host=cfg["HOST"] or None,
-            port=cfg["PORT"] or None, password=cfg["PASSWORD"] or None, connect_timeout=3,
+            dbname=cfg["NAME"],
+            user=cfg["USER"] or None,
+            host=cfg["HOST"] or None,
+            port=cfg["PORT"] or None,
+            password=cfg["PASSWORD"] or None,
+            connect_timeout=3,
         ).close()
     except psycopg.Error as exc:
         return f"no PostgreSQL server answers at {cfg['HOST']}:{cfg['PORT']}: {exc}"

@@ -33,9 +33,7 @@ class TokenAuthenticationMiddleware:
                 return _unauthorized("use 'Authorization: Bearer <token>'")
             token = ApiToken.authenticate(raw.strip())
             if token is None:
-                return _unauthorized(
-                    "invalid, expired or revoked token: ask the node admin for a new one"
-                )
+                return _unauthorized("invalid, expired or revoked token: ask the node admin for a new one")
             request.user = token.user
             request.api_token = token
             request._dont_enforce_csrf_checks = True  # no cookies involved

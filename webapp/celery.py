@@ -20,5 +20,10 @@ app.conf.update(
     result_serializer="json",
     accept_content=["json"],
     broker_connection_retry_on_startup=True,
+    # Redis redelivers an unacknowledged task after this long; the round lease stops a second
+    # copy from training while the first still runs. RabbitMQ redelivers when a worker dies.
+    broker_transport_options={
+        "visibility_timeout": float(os.environ.get("FEDSILO_VISIBILITY_TIMEOUT", 3600))
+    },
 )
 app.autodiscover_tasks()

@@ -42,6 +42,7 @@ class Node:
     env: dict[str, str]
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    worker: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -50,8 +51,12 @@ class Node:
     def manage(self, *args: str, stdin: str | None = None, env: dict | None = None) -> str:
         """Run a management command against this node; return its stdout."""
         result = subprocess.run(
-            [*MANAGE, *args], env={**self.env, **(env or {})}, input=stdin,
-            capture_output=True, text=True, check=False,
+            [*MANAGE, *args],
+            env={**self.env, **(env or {})},
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise ClusterError(f"{self.name}: manage.py {args[0]} failed: {result.stderr.strip()}")
@@ -62,7 +67,9 @@ class Node:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [*MANAGE, "runnode", "--dir", str(self.dir), "--workers", "1"],
-            env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -79,23 +86,65 @@ class Node:
             time.sleep(0.2)
         raise ClusterError(f"{self.name} not healthy after {timeout:.0f}s; see {self.log_path}")
 
+    def start_worker(self) -> None:
+        """A Celery worker consuming this site's training queue (needs CELERY_BROKER_URL)."""
+        log = (self.dir / "worker.log").open("ab")
+        self.worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "webapp.celery",
+                "worker",
+                "-Q",
+                f"site.{self.name}.train",
+                "--concurrency",
+                "1",
+                "--prefetch-multiplier",
+                "1",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"{self.name}@%h",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO,
+        )
+
+    def stop_worker(self, sig: int = signal.SIGTERM) -> None:
+        _stop(self.worker, sig)
+        self.worker = None
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """Stop the node (SIGTERM: graceful; SIGKILL: the whole process group, a crash)."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            if sig == signal.SIGKILL:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            else:
-                self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        code = self.process.returncode
+        if self.worker is not None:
+            self.stop_worker(sig)
+        code = _stop(self.process, sig, timeout)
         self.process = None
         return code
+
+
+def _stop(process: subprocess.Popen | None, sig: int, timeout: float = 30.0) -> int | None:
+    """Stop a process started in its own session (SIGKILL takes its whole group, a crash)."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        if sig == signal.SIGKILL:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode
 
 
 @dataclass
@@ -108,14 +157,34 @@ class LocalCluster:
 
     def add(self, role: str, name: str) -> Node:
         port = free_port()
-        env = {k: v for k, v in self.env.items() if k not in ("FEDSILO_NODE_DIR", "DATABASE_URL")}
+        # nodes share this machine's cores: one torch thread each unless told otherwise
+        env = {
+            "FEDSILO_TORCH_THREADS": "1",
+            **{k: v for k, v in self.env.items() if k not in ("FEDSILO_NODE_DIR", "DATABASE_URL")},
+        }
         node_dir = self.base / name
+        self.base.mkdir(parents=True, exist_ok=True)
         node = Node(role, name, node_dir, port, {**env, "FEDSILO_NODE_DIR": str(node_dir)})
-        subprocess.run(
-            [*MANAGE, "init_node", "--role", role, "--name", name, "--dir", str(node_dir),
-             "--port", str(port)],
-            env=env, check=True, capture_output=True, text=True,
+        made = subprocess.run(
+            [
+                *MANAGE,
+                "init_node",
+                "--role",
+                role,
+                "--name",
+                name,
+                "--dir",
+                str(node_dir),
+                "--port",
+                str(port),
+            ],
+            env=env,
+            check=False,
+            capture_output=True,
+            text=True,
         )
+        if made.returncode != 0:
+            raise ClusterError(f"init_node {name} failed: {made.stderr.strip()}")
         self.nodes[name] = node
         return node
 

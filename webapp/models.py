@@ -26,9 +26,7 @@ class ApiToken(models.Model):
     (no password-style stretching is needed) and lookups stay constant time.
     """
 
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100)
     key = models.CharField(max_length=16, unique=True)
     digest = models.CharField(max_length=64)
@@ -54,11 +52,18 @@ class ApiToken(models.Model):
 
         with transaction.atomic():
             token = cls.objects.create(
-                user=user, name=name, key=key, digest=_digest(raw),
+                user=user,
+                name=name,
+                key=key,
+                digest=_digest(raw),
                 expires_at=timezone.now() + lifetime,
             )
-            audit.record("token.issued", None, f"user:{user.get_username()}",
-                         {"key": key, "name": name, "expires_at": token.expires_at.isoformat()})
+            audit.record(
+                "token.issued",
+                None,
+                f"user:{user.get_username()}",
+                {"key": key, "name": name, "expires_at": token.expires_at.isoformat()},
+            )
         return token, raw
 
     @classmethod

@@ -100,9 +100,7 @@ def load_node(node_dir: str | os.PathLike | None) -> NodeConfig | None:
     )
 
 
-def create_node(
-    node_dir: Path, role: str, name: str, public_url: str, database_url: str = ""
-) -> NodeConfig:
+def create_node(node_dir: Path, role: str, name: str, public_url: str, database_url: str = "") -> NodeConfig:
     """Create a node folder with fresh secrets. Raises NodeError and leaves nothing behind."""
     if role not in ROLES:
         raise NodeError(f"unknown role {role!r}: choose one of {', '.join(ROLES)}")
@@ -127,8 +125,10 @@ def create_node(
         (node_dir / "data").mkdir(mode=0o700)
         _write_private(node_dir / "secret_key", secrets.token_urlsafe(64) + "\n")
         pem = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
-        for fname, key in (("signing.pem", Ed25519PrivateKey.generate()),
-                           ("kex.pem", X25519PrivateKey.generate())):
+        for fname, key in (
+            ("signing.pem", Ed25519PrivateKey.generate()),
+            ("kex.pem", X25519PrivateKey.generate()),
+        ):
             _write_private(
                 node_dir / "keys" / fname,
                 key.private_bytes(*pem, serialization.NoEncryption()).decode(),

@@ -21,16 +21,18 @@ NODE_DIR = NODE.dir if NODE else None
 ROLE = NODE.role if NODE else os.environ.get("FEDSILO_ROLE", "datasite")
 NODE_NAME = NODE.name if NODE else os.environ.get("FEDSILO_NODE_NAME", "local")
 PUBLIC_URL = NODE.public_url if NODE else "http://127.0.0.1:8000"
-SECRET_KEY = NODE.secret_key() if NODE else (
-    os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(64)
-)
+SECRET_KEY = NODE.secret_key() if NODE else (os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(64))
 DATA_DIR = NODE.data_dir if NODE else Path(os.environ.get("FEDSILO_DATA_DIR", BASE_DIR / "data"))
 
 DEBUG = os.environ.get("FEDSILO_DEBUG") == "1"
 HTTPS = PUBLIC_URL.startswith("https://")
-ALLOWED_HOSTS = [
-    h.strip() for h in os.environ.get("FEDSILO_ALLOWED_HOSTS", "").split(",") if h.strip()
-] or ["127.0.0.1", "localhost", "[::1]", "testserver", NODE.host if NODE else "127.0.0.1"]
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("FEDSILO_ALLOWED_HOSTS", "").split(",") if h.strip()] or [
+    "127.0.0.1",
+    "localhost",
+    "[::1]",
+    "testserver",
+    NODE.host if NODE else "127.0.0.1",
+]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -81,9 +83,7 @@ TEMPLATES = [
     },
 ]
 
-_default_db = (
-    f"sqlite:///{NODE.dir / 'db.sqlite3'}" if NODE else f"sqlite:///{BASE_DIR / 'dev.sqlite3'}"
-)
+_default_db = f"sqlite:///{NODE.dir / 'db.sqlite3'}" if NODE else f"sqlite:///{BASE_DIR / 'dev.sqlite3'}"
 DATABASE_URL = os.environ.get("DATABASE_URL") or (NODE.database_url if NODE else "") or _default_db
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -140,6 +140,8 @@ CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "")
 
 FEDSILO_HEARTBEAT_SECONDS = float(os.environ.get("FEDSILO_HEARTBEAT_SECONDS", "10"))
 FEDSILO_LEASE_SECONDS = float(os.environ.get("FEDSILO_LEASE_SECONDS", "60"))
+# CPU threads for a site's training (0: torch's default); several nodes sharing a few cores want 1
+FEDSILO_TORCH_THREADS = int(os.environ.get("FEDSILO_TORCH_THREADS", "0"))
 FEDSILO_PUBLIC_DP_SEED = os.environ.get("FEDSILO_PUBLIC_DP_SEED") == "1"  # tests and audits only
 
 LOGGING = {

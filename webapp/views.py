@@ -20,8 +20,12 @@ def health(request: HttpRequest) -> JsonResponse:
         db = f"error: {exc.__class__.__name__}"
     status = 200 if db == "ok" else 503
     return JsonResponse(
-        {"status": "ok" if status == 200 else "degraded", "role": settings.ROLE,
-         "name": settings.NODE_NAME, "database": db},
+        {
+            "status": "ok" if status == 200 else "degraded",
+            "role": settings.ROLE,
+            "name": settings.NODE_NAME,
+            "database": db,
+        },
         status=status,
     )
 

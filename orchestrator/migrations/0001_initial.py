@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,23 +14,47 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Datasite',
+            name="Datasite",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=63, unique=True)),
-                ('status', models.CharField(choices=[('invited', 'Invited'), ('joined', 'Joined')], default='invited', max_length=16)),
-                ('url', models.URLField(blank=True, max_length=500)),
-                ('signing_key', models.CharField(blank=True, max_length=64)),
-                ('kex_key', models.CharField(blank=True, max_length=64)),
-                ('callback_token', models.CharField(blank=True, help_text='token this orchestrator presents to the site', max_length=200)),
-                ('invited_at', models.DateTimeField(auto_now_add=True)),
-                ('joined_at', models.DateTimeField(blank=True, null=True)),
-                ('last_heartbeat', models.DateTimeField(blank=True, null=True)),
-                ('last_status', models.JSONField(blank=True, default=dict)),
-                ('account', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='datasite', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=63, unique=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("invited", "Invited"), ("joined", "Joined")],
+                        default="invited",
+                        max_length=16,
+                    ),
+                ),
+                ("url", models.URLField(blank=True, max_length=500)),
+                ("signing_key", models.CharField(blank=True, max_length=64)),
+                ("kex_key", models.CharField(blank=True, max_length=64)),
+                (
+                    "callback_token",
+                    models.CharField(
+                        blank=True, help_text="token this orchestrator presents to the site", max_length=200
+                    ),
+                ),
+                ("invited_at", models.DateTimeField(auto_now_add=True)),
+                ("joined_at", models.DateTimeField(blank=True, null=True)),
+                ("last_heartbeat", models.DateTimeField(blank=True, null=True)),
+                ("last_status", models.JSONField(blank=True, default=dict)),
+                (
+                    "account",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="datasite",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
     ]

@@ -8,99 +8,201 @@ import orchestrator.models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('orchestrator', '0001_initial'),
+        ("orchestrator", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Study',
+            name="Study",
             fields=[
-                ('id', models.CharField(default=orchestrator.models.new_study_id, editable=False, max_length=32, primary_key=True, serialize=False)),
-                ('title', models.CharField(max_length=200)),
-                ('version', models.PositiveIntegerField(default=1)),
-                ('code', models.JSONField()),
-                ('code_sha256', models.CharField(max_length=64)),
-                ('plan', models.JSONField()),
-                ('plan_sha256', models.CharField(max_length=64)),
-                ('status', models.CharField(choices=[('proposed', 'Proposed'), ('awaiting_approval', 'Awaiting Approval'), ('preparing', 'Preparing'), ('running', 'Running'), ('finished', 'Finished'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='proposed', max_length=20)),
-                ('current_round', models.PositiveIntegerField(default=0)),
-                ('phase', models.CharField(blank=True, max_length=20)),
-                ('error', models.TextField(blank=True)),
-                ('norm_stats', models.JSONField(blank=True, default=dict)),
-                ('manifest', models.JSONField(blank=True, default=list)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('researcher', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='studies', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.CharField(
+                        default=orchestrator.models.new_study_id,
+                        editable=False,
+                        max_length=32,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
+                ("title", models.CharField(max_length=200)),
+                ("version", models.PositiveIntegerField(default=1)),
+                ("code", models.JSONField()),
+                ("code_sha256", models.CharField(max_length=64)),
+                ("plan", models.JSONField()),
+                ("plan_sha256", models.CharField(max_length=64)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("proposed", "Proposed"),
+                            ("awaiting_approval", "Awaiting Approval"),
+                            ("preparing", "Preparing"),
+                            ("running", "Running"),
+                            ("finished", "Finished"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="proposed",
+                        max_length=20,
+                    ),
+                ),
+                ("current_round", models.PositiveIntegerField(default=0)),
+                ("phase", models.CharField(blank=True, max_length=20)),
+                ("error", models.TextField(blank=True)),
+                ("norm_stats", models.JSONField(blank=True, default=dict)),
+                ("manifest", models.JSONField(blank=True, default=list)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "researcher",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="studies",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'studies',
-                'ordering': ['-created_at'],
+                "verbose_name_plural": "studies",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Round',
+            name="Round",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('eval_only', models.BooleanField(default=False)),
-                ('status', models.CharField(choices=[('running', 'Running'), ('done', 'Done'), ('failed', 'Failed')], default='running', max_length=10)),
-                ('participants', models.JSONField(default=list)),
-                ('dropped', models.JSONField(blank=True, default=list)),
-                ('started_at', models.DateTimeField(auto_now_add=True)),
-                ('deadline', models.DateTimeField()),
-                ('last_sent_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('study', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='rounds', to='orchestrator.study')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.PositiveIntegerField()),
+                ("eval_only", models.BooleanField(default=False)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("running", "Running"), ("done", "Done"), ("failed", "Failed")],
+                        default="running",
+                        max_length=10,
+                    ),
+                ),
+                ("participants", models.JSONField(default=list)),
+                ("dropped", models.JSONField(blank=True, default=list)),
+                ("started_at", models.DateTimeField(auto_now_add=True)),
+                ("deadline", models.DateTimeField()),
+                ("last_sent_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                (
+                    "study",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="rounds",
+                        to="orchestrator.study",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['study', 'number'],
+                "ordering": ["study", "number"],
             },
         ),
         migrations.CreateModel(
-            name='StudySite',
+            name="StudySite",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('dataset', models.CharField(max_length=63)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('approved', 'Approved'), ('denied', 'Denied'), ('revoked', 'Revoked'), ('unreachable', 'Unreachable')], default='pending', max_length=16)),
-                ('reason', models.TextField(blank=True)),
-                ('projected_epsilon', models.FloatField(blank=True, null=True)),
-                ('episodes', models.PositiveIntegerField(blank=True, null=True)),
-                ('request_sent_at', models.DateTimeField(blank=True, null=True)),
-                ('datasite', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='studies', to='orchestrator.datasite')),
-                ('study', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='sites', to='orchestrator.study')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("dataset", models.CharField(max_length=63)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("approved", "Approved"),
+                            ("denied", "Denied"),
+                            ("revoked", "Revoked"),
+                            ("unreachable", "Unreachable"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("reason", models.TextField(blank=True)),
+                ("projected_epsilon", models.FloatField(blank=True, null=True)),
+                ("episodes", models.PositiveIntegerField(blank=True, null=True)),
+                ("request_sent_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "datasite",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="studies",
+                        to="orchestrator.datasite",
+                    ),
+                ),
+                (
+                    "study",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="sites",
+                        to="orchestrator.study",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['datasite__name'],
+                "ordering": ["datasite__name"],
             },
         ),
         migrations.CreateModel(
-            name='SiteUpdate',
+            name="SiteUpdate",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
-                ('num_examples', models.PositiveIntegerField(default=0)),
-                ('local_steps', models.PositiveIntegerField(default=0)),
-                ('metrics', models.JSONField(default=dict)),
-                ('error', models.TextField(blank=True)),
-                ('path', models.CharField(blank=True, max_length=1000)),
-                ('datasite', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='orchestrator.datasite')),
-                ('round', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='updates', to='orchestrator.round')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
+                ("num_examples", models.PositiveIntegerField(default=0)),
+                ("local_steps", models.PositiveIntegerField(default=0)),
+                ("metrics", models.JSONField(default=dict)),
+                ("error", models.TextField(blank=True)),
+                ("path", models.CharField(blank=True, max_length=1000)),
+                (
+                    "datasite",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="orchestrator.datasite",
+                    ),
+                ),
+                (
+                    "round",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="updates",
+                        to="orchestrator.round",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('round', 'datasite'), name='one_update_per_site')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("round", "datasite"), name="one_update_per_site")
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='round',
-            constraint=models.UniqueConstraint(fields=('study', 'number'), name='one_round_number'),
+            model_name="round",
+            constraint=models.UniqueConstraint(fields=("study", "number"), name="one_round_number"),
         ),
         migrations.AddConstraint(
-            model_name='studysite',
-            constraint=models.UniqueConstraint(fields=('study', 'datasite'), name='one_site_entry'),
+            model_name="studysite",
+            constraint=models.UniqueConstraint(fields=("study", "datasite"), name="one_site_entry"),
         ),
     ]

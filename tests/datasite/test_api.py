@@ -18,8 +18,9 @@ STUDY = "a" * 32
 
 @pytest.fixture(scope="module")
 def so100_root(tmp_path_factory):
-    return generate_so100(tmp_path_factory.mktemp("ds") / "so100", episodes=5, contributors=3, seed=3,
-                          image_size=(32, 40))
+    return generate_so100(
+        tmp_path_factory.mktemp("ds") / "so100", episodes=5, contributors=3, seed=3, image_size=(32, 40)
+    )
 
 
 def token_for(username: str, role: str) -> str:
@@ -34,16 +35,28 @@ def site(so100_root, settings):
     ds = services.register_dataset("so100", so100_root, epsilon_max=20.0, delta=1e-5)
     for person in set(ds.contributors().values()):
         services.record_consent(person, "policy-training", True, "form")
-    return {"ds": ds, "peer": token_for("node.orchestrator", "peer_node"),
-            "owner": token_for("olga", "data_owner"), "researcher": token_for("rita", "researcher")}
+    return {
+        "ds": ds,
+        "peer": token_for("node.orchestrator", "peer_node"),
+        "owner": token_for("olga", "data_owner"),
+        "researcher": token_for("rita", "researcher"),
+    }
 
 
 def request_body(**plan_overrides) -> dict:
     code = CodeBundle(recipe="act-small", config={"dim_model": 32})
     plan = Plan(rounds=2, local_steps=2, batch_size=2, **plan_overrides)
-    return {"study": STUDY, "version": 1, "title": "t", "researcher": "rita", "code": code.model_dump(),
-            "code_sha256": bundle_sha256(code), "plan": plan.model_dump(), "datasets": ["so100"],
-            "sites": ["site-a", "site-b"]}
+    return {
+        "study": STUDY,
+        "version": 1,
+        "title": "t",
+        "researcher": "rita",
+        "code": code.model_dump(),
+        "code_sha256": bundle_sha256(code),
+        "plan": plan.model_dump(),
+        "datasets": ["so100"],
+        "sites": ["site-a", "site-b"],
+    }
 
 
 def post(client, url, token, **kwargs):
@@ -58,23 +71,48 @@ def test_request_approve_reserve_and_assignment_checks(client, site):
     shown = client.get(f"/api/code-requests/{STUDY}", HTTP_AUTHORIZATION=f"Bearer {site['owner']}").json()
     assert shown["status"] == "pending" and 0 < shown["projected_epsilon"]["so100"] < 20
     # the researcher cannot approve; a stale hash is refused and changes nothing
-    assert post(client, f"/api/code-requests/{STUDY}/approve", site["researcher"],
-                data={"code_sha256": body["code_sha256"]}).status_code == 403
-    assert post(client, f"/api/code-requests/{STUDY}/approve", site["owner"],
-                data={"code_sha256": "0" * 64}).status_code == 409
+    assert (
+        post(
+            client,
+            f"/api/code-requests/{STUDY}/approve",
+            site["researcher"],
+            data={"code_sha256": body["code_sha256"]},
+        ).status_code
+        == 403
+    )
+    assert (
+        post(
+            client, f"/api/code-requests/{STUDY}/approve", site["owner"], data={"code_sha256": "0" * 64}
+        ).status_code
+        == 409
+    )
     assert not LedgerEntry.objects.exists()
-    approved = post(client, f"/api/code-requests/{STUDY}/approve", site["owner"],
-                    data={"code_sha256": body["code_sha256"]})
+    approved = post(
+        client,
+        f"/api/code-requests/{STUDY}/approve",
+        site["owner"],
+        data={"code_sha256": body["code_sha256"]},
+    )
     assert approved.status_code == 200 and approved.json()["decided_by"] == "olga"
     assert LedgerEntry.objects.get().kind == "reserve"
     request = CodeRequest.objects.get()
     assert request.plan_sha256 == plan_sha256(Plan.model_validate(body["plan"]))
-    good = {"study": STUDY, "round": 1, "code_sha256": body["code_sha256"], "plan_sha256": request.plan_sha256}
-    for bad, status in [({**good, "code_sha256": "1" * 64}, 403), ({**good, "plan_sha256": "2" * 64}, 403),
-                        ({**good, "round": 9}, 409)]:
-        response = client.post(f"/api/studies/{STUDY}/rounds/{bad['round']}",
-                               {"assignment": json.dumps(bad), "weights": _file()},
-                               HTTP_AUTHORIZATION=f"Bearer {site['peer']}")
+    good = {
+        "study": STUDY,
+        "round": 1,
+        "code_sha256": body["code_sha256"],
+        "plan_sha256": request.plan_sha256,
+    }
+    for bad, status in [
+        ({**good, "code_sha256": "1" * 64}, 403),
+        ({**good, "plan_sha256": "2" * 64}, 403),
+        ({**good, "round": 9}, 409),
+    ]:
+        response = client.post(
+            f"/api/studies/{STUDY}/rounds/{bad['round']}",
+            {"assignment": json.dumps(bad), "weights": _file()},
+            HTTP_AUTHORIZATION=f"Bearer {site['peer']}",
+        )
         assert response.status_code == status, response.content
     assert not RoundRun.objects.exists()
 

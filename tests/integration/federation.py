@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import time
 from pathlib import Path
 
@@ -12,18 +13,25 @@ from datasite.training.dataset import episode_contributors
 from webapp.cluster import LocalCluster, Node
 
 TINY_ACT = {
-    "dim_model": 64, "n_heads": 2, "dim_feedforward": 128, "n_encoder_layers": 1,
-    "n_decoder_layers": 1, "n_vae_encoder_layers": 1, "chunk_size": 5, "n_action_steps": 5,
-    "latent_dim": 8, "freeze_backbone": True, "cameras": ["observation.images.top"],
+    "dim_model": 64,
+    "n_heads": 2,
+    "dim_feedforward": 128,
+    "n_encoder_layers": 1,
+    "n_decoder_layers": 1,
+    "n_vae_encoder_layers": 1,
+    "chunk_size": 5,
+    "n_action_steps": 5,
+    "latent_dim": 8,
+    "freeze_backbone": True,
+    "cameras": ["observation.images.top"],
 }
 
 
-def prepare_site(site: Node, seed: int, profile: str, episodes: int = 6, contributors: int = 3,
-                 image_size: str = "32x40", epsilon_max: float = 50.0) -> str:
-    """Generate SO-100 data at a site, register it, record consent; return a data owner token."""
+def prepare_site(site: Node, source: Path, epsilon_max: float = 50.0) -> str:
+    """Give a site a copy of an SO-100 dataset, register it, record every contributor's consent;
+    return a data owner's API token."""
     root = site.dir / "data" / "so100"
-    site.manage("generate_so100", "--root", str(root), "--episodes", str(episodes), "--contributors",
-                str(contributors), "--seed", str(seed), "--profile", profile, "--image-size", image_size)
+    shutil.copytree(source, root)
     site.manage("register_dataset", "--name", "so100", "--root", str(root), "--epsilon-max", str(epsilon_max))
     people = sorted(set(episode_contributors(root).values()))
     consent_csv = site.dir / "consent.csv"
@@ -41,8 +49,9 @@ def researcher_token(orch: Node) -> str:
     return orch.manage("token", "issue", "--user", "researcher").strip()
 
 
-def approve_when_asked(site: Node, owner_token: str, study_id: str, timeout: float = 60.0,
-                       deny_reason: str | None = None) -> dict:
+def approve_when_asked(
+    site: Node, owner_token: str, study_id: str, timeout: float = 60.0, deny_reason: str | None = None
+) -> dict:
     """Wait for the code request to arrive, then approve (or deny) it as the data owner."""
     headers = {"Authorization": f"Bearer {owner_token}"}
     deadline = time.monotonic() + timeout
@@ -51,19 +60,55 @@ def approve_when_asked(site: Node, owner_token: str, study_id: str, timeout: flo
         if response.status_code == 200:
             request = response.json()
             action = "deny" if deny_reason else "approve"
-            decided = httpx.post(f"{site.url}/api/code-requests/{study_id}/{action}", headers=headers,
-                                 json={"code_sha256": request["code_sha256"], "reason": deny_reason or ""})
+            decided = httpx.post(
+                f"{site.url}/api/code-requests/{study_id}/{action}",
+                headers=headers,
+                json={"code_sha256": request["code_sha256"], "reason": deny_reason or ""},
+            )
             decided.raise_for_status()
             return decided.json()
         time.sleep(0.3)
     raise TimeoutError(f"no code request for {study_id} reached {site.name}")
 
 
-def start_federation(base: Path, sites: int = 2, env: dict | None = None) -> LocalCluster:
+def start_federation(
+    base: Path, site_names: list[str], env: dict | None = None, workers: bool = False
+) -> LocalCluster:
+    """An orchestrator and datasites, started and joined (with Celery workers if asked)."""
     cluster = LocalCluster(base, env=env) if env else LocalCluster(base)
     cluster.add("orchestrator", "orch")
-    for i in range(sites):
-        cluster.add("datasite", f"site-{chr(ord('a') + i)}")
+    for name in site_names:
+        cluster.add("datasite", name)
     cluster.start()
     cluster.join_all()
+    if workers:
+        for site in cluster.datasites:
+            site.start_worker()
     return cluster
+
+
+def propose_tiny_study(client, site_names: list[str], rounds: int, title: str = "tiny act", **plan):
+    """A small act-small FedProx study with episode-level DP over every named site."""
+    settings = {
+        "local_steps": 3,
+        "batch_size": 2,
+        "min_sites": len(site_names),
+        "round_timeout_s": 300,
+        "dp": {"noise_multiplier": 1.0, "clip_norm": 1.0, "frames_per_episode": 2},
+        **plan,
+    }
+    return client.propose_study(
+        title,
+        datasets={name: "so100" for name in site_names},
+        rounds=rounds,
+        recipe="act-small",
+        config=TINY_ACT,
+        strategy="fedprox",
+        mu=0.01,
+        **settings,
+    )
+
+
+def run_shell(node: Node, code: str) -> str:
+    """Run Python in a node's Django context and return what it printed."""
+    return node.manage("shell", "-v", "0", "-c", code)

@@ -41,6 +41,7 @@ def test_datasites_join_and_send_heartbeats(cluster):
     assert all(s["status"] == "joined" for s in sites.values())
     first = sites["site-a"]["last_heartbeat"]
     deadline = time.monotonic() + 20
+
     def latest():
         return {s["name"]: s for s in listing()}["site-a"]["last_heartbeat"]
 
@@ -57,9 +58,15 @@ def test_join_failures_are_clear_and_keep_nothing(cluster):
         site.manage("join", "--orchestrator", cluster.orchestrator.url, "--token", "fst_0_bad")
     with pytest.raises(ClusterError, match="cannot reach the orchestrator"):
         site.manage("join", "--orchestrator", "http://127.0.0.1:9", "--token", "fst_0_bad")
-    leftovers = site.manage("shell", "-v", "0", "-c", "from webapp.models import ApiToken;"
-                            "from datasite.models import OrchestratorLink;"
-                            "print(ApiToken.objects.count(), OrchestratorLink.objects.count())")
+    leftovers = site.manage(
+        "shell",
+        "-v",
+        "0",
+        "-c",
+        "from webapp.models import ApiToken;"
+        "from datasite.models import OrchestratorLink;"
+        "print(ApiToken.objects.count(), OrchestratorLink.objects.count())",
+    )
     assert leftovers.split() == ["0", "0"]
 
 

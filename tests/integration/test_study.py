@@ -7,9 +7,9 @@ from safetensors.numpy import load_file
 
 from orchestrator.client import Client
 from tests.integration.federation import (
-    TINY_ACT,
     approve_when_asked,
     prepare_site,
+    propose_tiny_study,
     researcher_token,
     start_federation,
 )
@@ -17,31 +17,20 @@ from tests.integration.federation import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory):
+def test_two_round_study_over_http(tmp_path, so100_sources):
     env = {**os.environ, "FEDSILO_HEARTBEAT_SECONDS": "1"}
-    cluster = start_federation(tmp_path_factory.mktemp("fed"), sites=2, env=env)
-    owners = {s.name: prepare_site(s, seed=i, profile=("lab-a", "lab-b")[i])
-              for i, s in enumerate(cluster.datasites)}
-    client = Client(cluster.orchestrator.url, researcher_token(cluster.orchestrator))
-    yield cluster, owners, client
-    client.close()
-    cluster.stop()
-
-
-def test_two_round_study_over_http(federation, tmp_path):
-    cluster, owners, client = federation
-    study = client.propose_study(
-        "two-round act", datasets={"site-a": "so100", "site-b": "so100"}, rounds=2,
-        recipe="act-small", config=TINY_ACT, strategy="fedprox", mu=0.01, local_steps=3,
-        batch_size=2, min_sites=2, round_timeout_s=300, dp={"noise_multiplier": 1.0, "clip_norm": 1.0, "frames_per_episode": 2},
-    )
-    for site in cluster.datasites:
-        decision = approve_when_asked(site, owners[site.name], study.id)
-        assert decision["status"] == "approved" and decision["decided_by"] == "owner"
-    final = study.wait(timeout=600)
-    assert final["status"] == "finished"
-    rounds = study.metrics()
+    with start_federation(tmp_path / "fed", ["site-a", "site-b"], env=env) as cluster:
+        owners = {
+            s.name: prepare_site(s, src) for s, src in zip(cluster.datasites, so100_sources, strict=True)
+        }
+        with Client(cluster.orchestrator.url, researcher_token(cluster.orchestrator)) as client:
+            study = propose_tiny_study(client, ["site-a", "site-b"], rounds=2)
+            for site in cluster.datasites:
+                decision = approve_when_asked(site, owners[site.name], study.id)
+                assert decision["status"] == "approved" and decision["decided_by"] == "owner"
+            assert study.wait(timeout=600)["status"] == "finished"
+            rounds = study.metrics()
+            model = load_file(study.download_model(tmp_path / "model.safetensors"))
     assert [r["round"] for r in rounds] == [1, 2, 3] and rounds[-1]["eval_only"]
     for r in rounds[:2]:
         assert set(r["sites"]) == {"site-a", "site-b"}
@@ -49,6 +38,5 @@ def test_two_round_study_over_http(federation, tmp_path):
     assert all(r["heldout_loss"] is not None for r in rounds)
     eps = rounds[1]["epsilon"]
     assert set(eps) == {"site-a/so100", "site-b/so100"} and all(v > 0 for v in eps.values())
-    path = study.download_model(tmp_path / "model.safetensors")
-    weights = load_file(path)
-    assert weights and all(v.dtype.name == "float32" for v in weights.values())
+    assert eps["site-a/so100"] > rounds[0]["epsilon"]["site-a/so100"]  # composed over rounds
+    assert model and all(v.dtype.name == "float32" for v in model.values())

@@ -57,8 +57,9 @@ def test_a_person_cannot_join_or_heartbeat(client, site_node):
     _, raw = ApiToken.issue(researcher, "x")
     with override_settings(ROOT_URLCONF="webapp.urls_orchestrator"):
         body = join_request(site_node).model_dump()
-        response = client.post("/api/federation/join", body, content_type="application/json",
-                               HTTP_AUTHORIZATION=f"Bearer {raw}")
+        response = client.post(
+            "/api/federation/join", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {raw}"
+        )
         assert response.status_code == 403
         listing = client.get("/api/federation/datasites", HTTP_AUTHORIZATION=f"Bearer {raw}")
         assert listing.status_code == 200 and listing.json() == []
@@ -68,8 +69,12 @@ def test_a_person_cannot_join_or_heartbeat(client, site_node):
 def test_malformed_join_is_400_and_changes_nothing(client):
     _, raw = invite_datasite("site-a")
     with override_settings(ROOT_URLCONF="webapp.urls_orchestrator"):
-        response = client.post("/api/federation/join", {"node": {"name": "site-a"}},
-                               content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {raw}")
+        response = client.post(
+            "/api/federation/join",
+            {"node": {"name": "site-a"}},
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {raw}",
+        )
     assert response.status_code == 400
     assert Datasite.objects.get().status == "invited"
 

@@ -29,24 +29,41 @@ def running(settings, tmp_path, django_user_model):
         Datasite.objects.filter(pk=site.pk).update(status="joined", url="http://127.0.0.1:9")
         tokens[name] = raw
     rita = django_user_model.objects.create_user("rita")
-    study = Study.objects.create(title="t", researcher=rita, code={}, code_sha256="0" * 64,
-                                 plan={"rounds": 3}, plan_sha256="1" * 64, status="running",
-                                 current_round=1, manifest=manifest_of(WEIGHTS))
+    study = Study.objects.create(
+        title="t",
+        researcher=rita,
+        code={},
+        code_sha256="0" * 64,
+        plan={"rounds": 3},
+        plan_sha256="1" * 64,
+        status="running",
+        current_round=1,
+        manifest=manifest_of(WEIGHTS),
+    )
     checkpoints.save(study.pk, 0, WEIGHTS, ServerState())
-    Round.objects.create(study=study, number=1, participants=["site-a", "site-b"],
-                         deadline=timezone.now() + timedelta(hours=1))
+    Round.objects.create(
+        study=study, number=1, participants=["site-a", "site-b"], deadline=timezone.now() + timedelta(hours=1)
+    )
     return study, tokens
 
 
 def upload(client, study, token, site="site-a", round_number=1, arrays=None, meta=None, raw=None):
-    meta = meta or {"study": study.pk, "round": round_number, "site": site, "num_examples": 10,
-                    "local_steps": 2, "metrics": {"loss_after": 0.5}}
+    meta = meta or {
+        "study": study.pk,
+        "round": round_number,
+        "site": site,
+        "num_examples": 10,
+        "local_steps": 2,
+        "metrics": {"loss_after": 0.5},
+    }
     body = raw if raw is not None else to_bytes(arrays if arrays is not None else WEIGHTS)
     with override_settings(ROOT_URLCONF="webapp.urls_orchestrator"):
         return client.post(
             f"/api/studies/{study.pk}/rounds/{round_number}/updates",
-            {"meta": meta if isinstance(meta, str) else json.dumps(meta),
-             "update": SimpleUploadedFile("u.safetensors", body)},
+            {
+                "meta": meta if isinstance(meta, str) else json.dumps(meta),
+                "update": SimpleUploadedFile("u.safetensors", body),
+            },
             HTTP_AUTHORIZATION=f"Bearer {token}",
         )
 
@@ -99,14 +116,16 @@ def test_bad_uploads_are_refused_and_change_nothing(client, running, case, statu
     elif case == "oversize":
         kwargs = {"raw": b"\0" * (2 * 1024 * 1024)}
     elif case == "wrong_study":
-        kwargs = {"meta": {"study": "f" * 32, "round": 1, "site": "site-a", "num_examples": 1,
-                           "local_steps": 1}}
+        kwargs = {
+            "meta": {"study": "f" * 32, "round": 1, "site": "site-a", "num_examples": 1, "local_steps": 1}
+        }
     response = upload(client, study, token, **kwargs)
     assert response.status_code == status, response.content
     assert "detail" in response.json()
     assert not SiteUpdate.objects.exists()
     assert not (checkpoints.study_dir(study.pk) / "updates").exists() or not any(
-        (checkpoints.study_dir(study.pk) / "updates").rglob("*.safetensors"))
+        (checkpoints.study_dir(study.pk) / "updates").rglob("*.safetensors")
+    )
 
 
 def test_late_upload_after_the_round_closed_is_409(client, running):

@@ -17,7 +17,10 @@ def manage(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("FEDSILO_NODE_DIR", "DATABASE_URL")}
     return subprocess.run(
         [sys.executable, os.path.join(REPO, "manage.py"), *args],
-        env={**base, **(env or {})}, capture_output=True, text=True, check=False,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -59,9 +62,15 @@ def test_init_node_creates_a_migrated_database(tmp_path):
     result = manage("init_node", "--role", "orchestrator", "--name", "orch", "--dir", str(tmp_path / "o"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o" / "db.sqlite3").stat().st_size > 0
-    groups = manage("shell", "-v", "0", "-c", "from django.contrib.auth.models import Group;"
-                    "print(sorted(Group.objects.values_list('name', flat=True)))",
-                    env={"FEDSILO_NODE_DIR": str(tmp_path / "o")})
+    groups = manage(
+        "shell",
+        "-v",
+        "0",
+        "-c",
+        "from django.contrib.auth.models import Group;"
+        "print(sorted(Group.objects.values_list('name', flat=True)))",
+        env={"FEDSILO_NODE_DIR": str(tmp_path / "o")},
+    )
     assert "data_owner" in groups.stdout and "compliance_officer" in groups.stdout
 
 
@@ -69,10 +78,11 @@ def test_init_node_creates_a_migrated_database(tmp_path):
     ("args", "message"),
     [
         (["--role", "bogus", "--name", "x"], "unknown role 'bogus'"),
-        (["--role", "datasite", "--name", "x", "--database-url",
-          "postgresql://postgres@127.0.0.1:1/test"], "cannot connect to the database"),
-        (["--role", "datasite", "--name", "x", "--database-url", "mysql://x@h/d"],
-         "must be postgresql"),
+        (
+            ["--role", "datasite", "--name", "x", "--database-url", "postgresql://postgres@127.0.0.1:1/test"],
+            "cannot connect to the database",
+        ),
+        (["--role", "datasite", "--name", "x", "--database-url", "mysql://x@h/d"], "must be postgresql"),
     ],
 )
 def test_init_node_bad_input_is_one_clear_line_and_nothing_created(tmp_path, args, message):
@@ -104,10 +114,20 @@ def test_init_node_refuses_a_missing_or_unwritable_parent(tmp_path):
 
 
 def test_check_deploy_is_clean_with_production_settings(tmp_path):
-    made = manage("init_node", "--role", "datasite", "--name", "prod", "--dir", str(tmp_path / "p"),
-                  "--url", "https://site.example.org")
+    made = manage(
+        "init_node",
+        "--role",
+        "datasite",
+        "--name",
+        "prod",
+        "--dir",
+        str(tmp_path / "p"),
+        "--url",
+        "https://site.example.org",
+    )
     assert made.returncode == 0, made.stderr
-    result = manage("check", "--deploy", "--fail-level", "WARNING",
-                    env={"FEDSILO_NODE_DIR": str(tmp_path / "p")})
+    result = manage(
+        "check", "--deploy", "--fail-level", "WARNING", env={"FEDSILO_NODE_DIR": str(tmp_path / "p")}
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "no issues" in result.stdout

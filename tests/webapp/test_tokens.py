@@ -79,8 +79,17 @@ def test_token_command_issue_list_revoke(alice, capsys):
 
 def test_create_user_assigns_roles_and_rejects_unknown(monkeypatch):
     monkeypatch.setenv("PW", "a-very-long-passphrase-42")
-    call_command("create_user", "--username", "dora", "--role", "data_owner",
-                 "--role", "compliance_officer", "--password-env", "PW")
+    call_command(
+        "create_user",
+        "--username",
+        "dora",
+        "--role",
+        "data_owner",
+        "--role",
+        "compliance_officer",
+        "--password-env",
+        "PW",
+    )
     user = User.objects.get(username="dora")
     assert set(user.groups.values_list("name", flat=True)) == {"data_owner", "compliance_officer"}
     assert user.check_password("a-very-long-passphrase-42")

@@ -50,8 +50,12 @@ class Command(BaseCommand):
                 if given not in TRUE | FALSE:
                     raise CommandError(f"{path}:{line}: 'given' must be true or false, not {row['given']!r}")
                 try:
-                    record_consent(row["contributor"].strip(), row["purpose"].strip(), given in TRUE,
-                                   (row.get("evidence") or "").strip())
+                    record_consent(
+                        row["contributor"].strip(),
+                        row["purpose"].strip(),
+                        given in TRUE,
+                        (row.get("evidence") or "").strip(),
+                    )
                 except ServiceError as exc:
                     raise CommandError(f"{path}:{line}: {exc}") from exc
                 count += 1

@@ -20,7 +20,9 @@ class Command(BaseCommand):
         except ServiceError as exc:
             raise CommandError(str(exc)) from exc
         contributors = len(set(ds.contributors().values()))
-        self.stdout.write(self.style.SUCCESS(
-            f"registered {ds.name}: {ds.num_episodes} episodes, {ds.num_frames} frames, "
-            f"{contributors} contributors, budget ε={epsilon_max:g} at δ={delta:g}"
-        ))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"registered {ds.name}: {ds.num_episodes} episodes, {ds.num_frames} frames, "
+                f"{contributors} contributors, budget ε={epsilon_max:g} at δ={delta:g}"
+            )
+        )

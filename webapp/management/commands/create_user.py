@@ -18,8 +18,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--username", required=True)
-        parser.add_argument("--role", action="append", required=True,
-                            help=f"repeatable; one of: {', '.join(PERSON_ROLES)}")
+        parser.add_argument(
+            "--role", action="append", required=True, help=f"repeatable; one of: {', '.join(PERSON_ROLES)}"
+        )
         parser.add_argument("--email", default="")
         parser.add_argument("--password-env", help="name of an environment variable holding it")
         parser.add_argument("--no-password", action="store_true", help="API-token-only account")

@@ -26,8 +26,12 @@ def check_database(url: str) -> None:
 
     try:
         psycopg.connect(
-            dbname=config["NAME"], user=config["USER"] or None, password=config["PASSWORD"] or None,
-            host=config["HOST"] or None, port=config["PORT"] or None, connect_timeout=5,
+            dbname=config["NAME"],
+            user=config["USER"] or None,
+            password=config["PASSWORD"] or None,
+            host=config["HOST"] or None,
+            port=config["PORT"] or None,
+            connect_timeout=5,
         ).close()
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
@@ -45,12 +49,11 @@ class Command(BaseCommand):
         parser.add_argument("--role", required=True, help=f"one of: {', '.join(ROLES)}")
         parser.add_argument("--name", required=True, help="node name, e.g. site-a")
         parser.add_argument("--dir", required=True, type=Path, help="new (or empty) folder")
-        parser.add_argument(
-            "--url", default="", help="public URL peers use (default http://127.0.0.1:PORT)"
-        )
+        parser.add_argument("--url", default="", help="public URL peers use (default http://127.0.0.1:PORT)")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument(
-            "--database-url", default=os.environ.get("DATABASE_URL", ""),
+            "--database-url",
+            default=os.environ.get("DATABASE_URL", ""),
             help="PostgreSQL URL (default: $DATABASE_URL, else SQLite in the folder)",
         )
 
@@ -69,7 +72,10 @@ class Command(BaseCommand):
         env.pop("DATABASE_URL", None)  # the node folder now names its database
         result = subprocess.run(
             [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "migrate", "--noinput"],
-            env=env, capture_output=True, text=True, check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             remove_node_dir(node.dir, remove_root=not existed)

@@ -33,16 +33,32 @@ class Command(BaseCommand):
         env = {**os.environ, "FEDSILO_NODE_DIR": str(node.dir), "DJANGO_SETTINGS_MODULE": "webapp.settings"}
         manage = [sys.executable, str(Path(__file__).resolve().parents[3] / "manage.py")]
         for step in (["migrate", "--noinput"], ["collectstatic", "--noinput", "-v0"]):
-            done = subprocess.run([*manage, *step], env=env, check=False,
-                                  capture_output=True, text=True)
+            done = subprocess.run([*manage, *step], env=env, check=False, capture_output=True, text=True)
             if done.returncode != 0:
                 tail = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
                 raise CommandError(f"cannot prepare the node ({step[0]}): {tail}")
         bind = f"{host or node.host}:{port or node.port}"
         server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "webapp.wsgi:application", "--bind", bind,
-             "--workers", str(workers), "--threads", str(threads), "--timeout", "600",
-             "--graceful-timeout", "15", "--access-logfile", "-", "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "webapp.wsgi:application",
+                "--bind",
+                bind,
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+                "--timeout",
+                "600",
+                "--graceful-timeout",
+                "15",
+                "--access-logfile",
+                "-",
+                "--log-level",
+                "warning",
+            ],
             env=env,
         )
         stop = threading.Event()
