@@ -6,8 +6,17 @@ Pure pydantic: both apps import it, neither imports the other.
 import base64
 import binascii
 import hashlib
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from webapp.signing import canonical_json
 
@@ -77,15 +86,57 @@ class Pinned(BaseModel):
     model_config = ConfigDict(validate_default=True, extra="forbid")
 
 
-class CodeBundle(Pinned):
-    """The training code a data owner approves: a recipe and its configuration.
+MODULE_SOURCE_MAX_BYTES = 200_000
+_RECIPE_FIELDS = ("kind", "recipe", "config")
+_MODULE_FIELDS = ("kind", "source", "entry", "base_recipe", "base_config", "config")
+_MODULE_DEFAULTS = {"entry": "build_policy", "base_recipe": "act-small", "base_config": {}}
 
-    Its SHA-256 is that of its canonical JSON (see :func:`bundle_sha256`).
+
+class CodeBundle(Pinned):
+    """The training code a data owner approves, of one of two kinds:
+
+    - ``kind="recipe"`` (default): ``recipe`` (a recipe name) and its ``config``.
+    - ``kind="module"``: Python ``source`` (at most 200 kB of UTF-8) defining the entry point
+      ``entry`` (default ``build_policy``), which receives the built ``base_recipe`` (default
+      ``act-small``, configured by ``base_config``) and the JSON ``config``; see
+      :mod:`datasite.training.modules` for the contract.
+
+    Only the fields of its kind are serialized, so a recipe bundle's canonical JSON (and
+    SHA-256, see :func:`bundle_sha256`) is exactly ``{"kind", "recipe", "config"}``.
     """
 
-    kind: str = Field(default="recipe", pattern=r"^recipe$")
-    recipe: str = Field(min_length=1, max_length=64)
+    kind: str = Field(default="recipe", pattern=r"^(recipe|module)$")
+    recipe: str | None = Field(default=None, min_length=1, max_length=64)
+    source: str | None = Field(default=None, min_length=1, max_length=MODULE_SOURCE_MAX_BYTES)
+    entry: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    base_recipe: str | None = Field(default=None, min_length=1, max_length=64)
+    base_config: dict | None = None
     config: dict = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _module_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "module":
+            return {**_MODULE_DEFAULTS, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> "CodeBundle":
+        own = _MODULE_FIELDS if self.kind == "module" else _RECIPE_FIELDS
+        stray = [f for f in _MODULE_FIELDS + _RECIPE_FIELDS if f not in own and getattr(self, f) is not None]
+        if stray:
+            raise ValueError(f"field(s) {stray} do not belong to a {self.kind!r} bundle")
+        missing = [f for f in own if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"a {self.kind!r} bundle needs {missing}")
+        if self.source is not None and len(self.source.encode()) > MODULE_SOURCE_MAX_BYTES:
+            raise ValueError(f"module source exceeds {MODULE_SOURCE_MAX_BYTES} bytes")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _canonical(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        own = _MODULE_FIELDS if self.kind == "module" else _RECIPE_FIELDS
+        return {k: v for k, v in handler(self).items() if k in own}
 
 
 class DPPlan(Pinned):
