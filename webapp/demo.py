@@ -27,6 +27,7 @@ import httpx
 from webapp.cluster import LocalCluster, Node
 
 PROFILES = ("lab-a", "lab-b", "lab-c")
+EPSILON_MAX = 20.0  # each dataset's budget across all studies
 DEMO_ACT = {
     "dim_model": 64,
     "n_heads": 2,
@@ -61,7 +62,7 @@ def _prepare_site(site: Node, profile: str, seed: int, episodes: int, image_size
         "--image-size",
         image_size,
     )
-    site.manage("register_dataset", "--name", "so100", "--root", str(root), "--epsilon-max", "60")
+    site.manage("register_dataset", "--name", "so100", "--root", str(root), "--epsilon-max", str(EPSILON_MAX))
     consent = site.dir / "consent.csv"
     with consent.open("w", newline="") as fh:
         rows = csv.writer(fh)
@@ -139,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--episodes", type=int, default=24, help="episodes per site")
+    parser.add_argument("--episodes", type=int, default=48, help="episodes per site")
     parser.add_argument("--local-steps", type=int, default=12)
-    parser.add_argument("--noise", type=float, default=0.8, help="DP noise multiplier σ")
+    parser.add_argument("--noise", type=float, default=1.0, help="DP noise multiplier σ")
     parser.add_argument("--image-size", default="48x64")
     args = parser.parse_args(argv)
     from orchestrator.client import Client
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 decision = _approve(site, owners[site.name], study.id)
                 print(
                     f"  {site.name}: {decision['status']} by {decision['decided_by']}, projected ε "
-                    f"{decision['projected_epsilon']['so100']:.2f} of 60"
+                    f"{decision['projected_epsilon']['so100']:.2f} of {EPSILON_MAX:g}"
                 )
             print()
             study.wait(progress=True, poll=1.0)
