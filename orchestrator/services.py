@@ -17,23 +17,8 @@ from orchestrator import checkpoints
 from orchestrator.models import Datasite, Round, SiteUpdate, Study, StudySite
 from orchestrator.tensors import TensorError, check, expected_bytes, from_bytes
 from privacy.strategies import ServerHParams
+from webapp.errors import Conflict, NotFound, ServiceError, TooLarge
 from webapp.protocol import CodeBundle, Plan, RoundUpload, bundle_sha256, plan_sha256
-
-
-class ServiceError(Exception):
-    status = 400
-
-
-class NotFound(ServiceError):
-    status = 404
-
-
-class Conflict(ServiceError):
-    status = 409
-
-
-class TooLarge(ServiceError):
-    status = 413
 
 
 def propose(researcher, title: str, code: CodeBundle, plan: Plan, datasets: dict[str, str]) -> Study:
