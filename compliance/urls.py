@@ -1,13 +1,14 @@
-"""Compliance report pages, under ``/compliance/reports/`` at every node."""
+"""Compliance pages at every node: reports under ``/compliance/reports/``, the audit log."""
 
 from django.urls import path
 
-from compliance import views
+from compliance import audit_views, views
 
 app_name = "compliance"
 
 REPORT = "compliance/reports/<int:seq>/"
 urlpatterns = [
+    path("compliance/audit/", audit_views.audit_log, name="audit"),
     path("compliance/reports/", views.reports, name="reports"),
     path(REPORT, views.report_html, name="report"),
     path(f"{REPORT}report.pdf", views.report_pdf, name="report-pdf"),
