@@ -28,6 +28,7 @@ from compliance import audit
 from datasite import budget
 from datasite.models import CodeRequest, ConsentEvent, Dataset, OrchestratorLink, RoundRun
 from privacy.accounting import Mechanism
+from webapp.errors import Conflict, Forbidden, NotFound, ServiceError
 from webapp.protocol import (
     PURPOSE_PATTERN,
     CodeRequestIn,
@@ -42,24 +43,6 @@ from webapp.protocol import (
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=float(getattr(settings, "FEDSILO_LEASE_SECONDS", 60)))
 MAX_WEIGHTS_BYTES = 2 * 1024**3
-
-
-class ServiceError(Exception):
-    """A refused request; ``status`` is the HTTP status the API answers with."""
-
-    status = 400
-
-
-class NotFound(ServiceError):
-    status = 404
-
-
-class Conflict(ServiceError):
-    status = 409
-
-
-class Forbidden(ServiceError):
-    status = 403
 
 
 class LeaseHeld(Exception):
@@ -206,8 +189,18 @@ def receive_code_request(body: CodeRequestIn) -> CodeRequest:
     """Store a code request from the orchestrator (a new version supersedes a pending one)."""
     if bundle_sha256(body.code) != body.code_sha256:
         raise ServiceError("code_sha256 does not match the code bundle")
+    if body.code.kind == "module":
+        from datasite.training.modules import ModuleCodeError, validate_source
+
+        try:  # a review aid, not a sandbox: the data owner's approval is the control
+            validate_source(body.code.source, body.code.entry)
+        except ModuleCodeError as exc:
+            raise ServiceError(str(exc)) from exc
     if settings.NODE_NAME not in body.sites:
         raise ServiceError(f"this site ({settings.NODE_NAME}) is not among the study's sites")
+    from datasite.secure_rounds import check_code_request  # --- secure aggregation hook ---
+
+    check_code_request(body)
     if len(body.datasets) != 1:
         raise ServiceError("a study uses exactly one dataset per site in this version")
     datasets = list(Dataset.objects.filter(name__in=body.datasets))
@@ -233,6 +226,7 @@ def receive_code_request(body: CodeRequestIn) -> CodeRequest:
             plan=body.plan.model_dump(),
             plan_sha256=plan_sha256(body.plan),
             sites=body.sites,
+            site_keys=body.site_keys,  # secure aggregation: the peers' keys the data owner approves
         )
         request.datasets.set(datasets)
         audit.record(
@@ -399,7 +393,11 @@ def study_stats(study: str) -> dict[str, dict[str, list]]:
     request = approved_request(study)
     ds = request.datasets.get()
     split = split_episodes(ds, plan_of(request))
-    resolve_config(request.code["recipe"], request.code["config"])
+    code = _bundle(request)
+    if code.kind == "module":  # validated, not executed: statistics need no researcher code
+        resolve_config(code.base_recipe, code.base_config)
+    else:
+        resolve_config(code.recipe, code.config)
     keys = [
         k
         for k in ds.summary["features"]
@@ -410,15 +408,14 @@ def study_stats(study: str) -> dict[str, dict[str, list]]:
 
 
 def initial_weights(study: str, norm_stats: dict) -> bytes:
-    """The recipe's seeded initial trainable weights (data-free) as safetensors."""
-    from datasite.training.recipes import build_policy
+    """The code's seeded initial trainable weights (data-free) as safetensors."""
+    from datasite.training.recipes import build_bundle
     from datasite.training.weights import save_safetensors, trainable_state
 
     request = approved_request(study)
+    code = _verified_code(request)  # a module's source runs below: only the approved one
     ds = request.datasets.get()
-    bundle = build_policy(
-        request.code["recipe"], request.code["config"], ds.summary["features"], norm_stats, device="cpu"
-    )
+    bundle = build_bundle(code, ds.summary["features"], norm_stats, device="cpu")
     return save_safetensors(trainable_state(bundle.policy))
 
 
@@ -513,8 +510,7 @@ def _checks(run: RoundRun) -> tuple[CodeRequest, Plan, Dataset, EpisodeSplit, Me
     request = CodeRequest.objects.get(pk=run.request_id)
     if request.status != CodeRequest.Status.APPROVED:
         raise Forbidden(f"approval is {request.status}: this site does not run the study any more")
-    if bundle_sha256(_bundle(request)) != request.code_sha256:
-        raise Forbidden("the stored code bundle no longer matches its approved SHA-256")
+    _verified_code(request)
     if (
         run.assignment["code_sha256"] != request.code_sha256
         or run.assignment["plan_sha256"] != request.plan_sha256
@@ -539,6 +535,19 @@ def _bundle(request: CodeRequest):
     from webapp.protocol import CodeBundle
 
     return CodeBundle.model_validate(request.code)
+
+
+def _verified_code(request: CodeRequest) -> dict[str, Any]:
+    """The stored code bundle in canonical form, refused unless it hashes to the approved SHA-256.
+
+    What the trainer builds (and, for a module, executes) is this dict and nothing else."""
+    try:
+        code = _bundle(request)
+    except ValidationError as exc:
+        raise Forbidden(f"the stored code bundle is invalid: {exc.errors()[0]['msg']}") from exc
+    if bundle_sha256(code) != request.code_sha256:
+        raise Forbidden("the stored code bundle no longer matches its approved SHA-256")
+    return code.model_dump()
 
 
 def execute_round(run_id: int) -> None:
@@ -638,16 +647,10 @@ def _train(run: RoundRun):
     folder = round_dir(run.study, run.round)
     global_weights = load_safetensors((folder / "global.safetensors").read_bytes())
     norm_stats = run.assignment["norm_stats"]
-    code = request.code
+    code = _verified_code(request)  # the exact bundle _checks verified
     heldout = (
         evaluate(
-            global_weights,
-            code["recipe"],
-            code["config"],
-            Path(ds.root),
-            split.holdout,
-            norm_stats,
-            seed=plan.seed,
+            global_weights, None, None, Path(ds.root), split.holdout, norm_stats, seed=plan.seed, code=code
         )
         if split.holdout
         else None
@@ -674,14 +677,7 @@ def _train(run: RoundRun):
         dp_seed=_dp_seed(run),
     )
     result = train_local(
-        global_weights,
-        code["recipe"],
-        code["config"],
-        Path(ds.root),
-        split.train,
-        local,
-        norm_stats,
-        progress=False,
+        global_weights, None, None, Path(ds.root), split.train, local, norm_stats, progress=False, code=code
     )
     (folder / "update.safetensors").write_bytes(save_safetensors(result.update))
     metrics.update(result.metrics)
@@ -727,6 +723,10 @@ def _post_upload(run: RoundRun, meta: RoundUpload, update: bytes | None) -> bool
 
 def upload_result(run: RoundRun) -> bool:
     """Send a finished round's update and metrics to the orchestrator."""
+    from datasite import secure_rounds  # --- secure aggregation hook: no plaintext update leaves ---
+
+    if secure_rounds.handles(run):
+        return secure_rounds.upload_secure(run)
     update = None
     if not run.eval_only:
         update = (round_dir(run.study, run.round) / "update.safetensors").read_bytes()

@@ -58,9 +58,15 @@ def _highlight(text: str, lexer: Any) -> SafeString:
 
 
 def _code_text(code: dict[str, Any]) -> tuple[str, Any]:
-    """The bundle as people read it: pretty JSON of recipe + config, or a module's Python source."""
+    """The bundle as people read it: pretty JSON of recipe + config, or a module's Python source
+    followed by its other (hashed) settings as comments, so that diffs show them too."""
     if code.get("kind") == "module" and isinstance(code.get("source"), str):
-        return code["source"], PythonLexer()
+        settings = [k for k in ("entry", "base_recipe", "base_config", "config") if k in code]
+        if not settings:
+            return code["source"], PythonLexer()
+        lines = [f"#   {k} = {json.dumps(code[k], sort_keys=True, ensure_ascii=False)}" for k in settings]
+        header = "# ---- bundle settings (approved and hashed with the source above) ----"
+        return "\n".join([code["source"].rstrip("\n"), "", header, *lines]) + "\n", PythonLexer()
     shown = {
         "kind": code.get("kind", "recipe"),
         "recipe": code.get("recipe"),

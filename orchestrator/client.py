@@ -9,6 +9,11 @@
 ...                           dp={"noise_multiplier": 1.0, "clip_norm": 1.0})
 >>> study.wait(progress=True)
 >>> study.metrics(); study.download_model("model.safetensors")
+
+Custom training code: ``module_source`` (Python source text, or a ``Path`` to read it from)
+defining ``build_policy(bundle, config) -> PolicyBundle``, applied to ``base_recipe`` built
+with ``base_config``; ``config`` is then handed to the entry point (see README, "Custom
+training code").
 """
 
 from __future__ import annotations
@@ -89,16 +94,37 @@ class Client:
         mu: float = 0.0,
         dp: dict | None = None,
         aggregation: str = "plain",
+        module_source: str | Path | None = None,
+        entry: str = "build_policy",
+        base_recipe: str | None = None,
+        base_config: dict | None = None,
         **plan: Any,
     ) -> Study:
         """Propose a study; each site's data owner reviews it before anything runs.
 
+        The code is ``recipe`` with ``config``, or, when ``module_source`` is given (source
+        text or a ``Path``), a module bundle: its ``entry`` function receives ``base_recipe``
+        (default: ``recipe``) built with ``base_config``, and ``config``.
         ``plan`` takes the other plan fields: local_steps, batch_size, lr, server, min_sites,
         fraction, holdout_fraction, purpose, seed, round_timeout_s.
         """
+        if module_source is None:
+            if base_recipe is not None or base_config is not None:
+                raise ValueError("base_recipe and base_config are for module bundles (module_source)")
+            code = {"kind": "recipe", "recipe": recipe, "config": config or {}}
+        else:
+            source = module_source.read_text() if isinstance(module_source, Path) else module_source
+            code = {
+                "kind": "module",
+                "source": source,
+                "entry": entry,
+                "base_recipe": base_recipe or recipe,
+                "base_config": base_config or {},
+                "config": config or {},
+            }
         body = {
             "title": title,
-            "code": {"kind": "recipe", "recipe": recipe, "config": config or {}},
+            "code": code,
             "plan": {
                 "rounds": rounds,
                 "strategy": strategy,

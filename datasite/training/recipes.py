@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_RECIPE",
     "RECIPES",
     "PolicyBundle",
+    "build_bundle",
     "build_policy",
     "delta_timestamps",
     "known_recipes",
@@ -267,6 +268,56 @@ def build_policy(
         bundle = builder(cfg, inputs, outputs, stats, dev)
     bundle.policy.to(dev).train()
     return bundle
+
+
+def build_bundle(
+    code: Mapping[str, Any],
+    features: Mapping[str, Mapping[str, Any]],
+    stats: Mapping[str, Mapping[str, Any]],
+    device: str | torch.device | None = None,
+) -> PolicyBundle:
+    """Build a study's code bundle (``CodeBundle.model_dump()``): a recipe, or a module's entry
+    point applied to its base recipe (see :mod:`datasite.training.modules`).
+
+    A module's source is executed here: call this only with a bundle whose approved SHA-256
+    was just re-verified (the datasite's services do so)."""
+    if hasattr(code, "model_dump"):
+        code = code.model_dump()
+    kind = code.get("kind", "recipe")
+    if kind == "recipe":
+        return build_policy(code.get("recipe") or DEFAULT_RECIPE, code.get("config"), features, stats, device)
+    if kind != "module":
+        raise ValueError(f"unknown code bundle kind {kind!r} (expected 'recipe' or 'module')")
+    from datasite.training import modules
+
+    base_recipe = code.get("base_recipe") or DEFAULT_RECIPE
+    entry = code.get("entry") or "build_policy"
+    source = code.get("source")
+    if not isinstance(source, str) or not source:
+        raise ValueError("a module bundle needs its Python source")
+    base = build_policy(base_recipe, code.get("base_config"), features, stats, device)
+    dev = next(base.policy.parameters()).device
+    base_loss, base_vmap = base.loss_fn, base.vmap_loss
+    with _seeded(base.config["init_seed"]):
+        fn = modules.load_entry(source, entry)
+        out = modules.call_entry(fn, base, code.get("config") or {})
+    if not isinstance(out, PolicyBundle):
+        raise modules.ModuleCodeError(
+            f"entry point {entry!r} must return a PolicyBundle, got {type(out).__name__}"
+        )
+    if not isinstance(out.policy, nn.Module) or not callable(out.loss_fn):
+        raise modules.ModuleCodeError(
+            f"entry point {entry!r} returned a bundle without a policy module or loss_fn"
+        )
+    if not hasattr(out.policy, "config"):
+        raise modules.ModuleCodeError(f"entry point {entry!r}: the policy must keep its lerobot config")
+    if not any(p.requires_grad for p in out.policy.parameters()):
+        raise modules.ModuleCodeError(f"entry point {entry!r} left no trainable parameter")
+    if out.loss_fn is not base_loss and out.vmap_loss is base_vmap:
+        out.vmap_loss = None  # the base recipe's vmap loss is not the module's loss
+    out.recipe = f"{base_recipe}+module"
+    out.policy.to(dev).train()
+    return out
 
 
 def delta_timestamps(bundle: PolicyBundle, features: Mapping[str, Any], fps: float) -> dict | None:

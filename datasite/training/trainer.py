@@ -30,7 +30,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from datasite.training import dp as dpmod
-from datasite.training.recipes import DEFAULT_RECIPE, PolicyBundle, build_policy, delta_timestamps
+from datasite.training.recipes import (
+    DEFAULT_RECIPE,
+    PolicyBundle,
+    build_bundle,
+    build_policy,
+    delta_timestamps,
+)
 from datasite.training.weights import apply_weights, trainable_state
 from privacy.accounting import Mechanism
 
@@ -131,7 +137,7 @@ class LocalResult:
 
 def train_local(
     global_weights: Mapping[str, Tensor] | None,
-    recipe: str,
+    recipe: str | None,
     recipe_config: Mapping[str, Any] | None,
     dataset_root: Path,
     episodes: list[int],
@@ -141,10 +147,14 @@ def train_local(
     *,
     device: str | torch.device | None = None,
     norm_hook: dpmod.NormHook | None = None,
+    code: Mapping[str, Any] | None = None,
 ) -> LocalResult:
     """Train ``recipe`` from ``global_weights`` on ``episodes`` of the dataset at
     ``dataset_root`` for ``plan.local_steps`` steps and return the update.
 
+    ``code`` (a ``CodeBundle.model_dump()``: a recipe or a module bundle) replaces ``recipe``
+    and ``recipe_config`` (then both ``None``); a module's source is executed, so pass only
+    a bundle whose approved hash was re-verified.
     ``global_weights=None`` starts from the recipe's seeded initialisation (round 0).
     ``norm_stats`` are the federation's aggregated statistics; they go into the processors.
     ``device`` defaults to CUDA when available. ``norm_hook`` (DP only) receives per-unit
@@ -158,12 +168,11 @@ def train_local(
         raise ValueError(f"plan must be a LocalPlan, got {type(plan).__name__}")
     allowed = _check_episodes(episodes)
     root = Path(dataset_root)
-    recipe = recipe or DEFAULT_RECIPE
     dev = torch.device(device) if device is not None else _default_device()
     started = time.perf_counter()
 
     info = _read_info(root)
-    bundle = build_policy(recipe, recipe_config, info["features"], norm_stats, device=dev)
+    bundle = _build(recipe, recipe_config, code, info["features"], norm_stats, dev)
     policy = bundle.policy
     if global_weights is not None:
         apply_weights(policy, global_weights)  # validates names, shapes, dtypes, finiteness
@@ -197,7 +206,7 @@ def train_local(
     update = {n: end[n] - start[n] for n in start}
     elapsed = time.perf_counter() - started
     metrics.update(
-        recipe=recipe,
+        recipe=bundle.recipe,
         device=dev.type,
         steps=plan.local_steps,
         loss_before=loss_before,
@@ -216,7 +225,7 @@ def train_local(
 
 def evaluate(
     weights: Mapping[str, Tensor],
-    recipe: str,
+    recipe: str | None,
     recipe_config: Mapping[str, Any] | None,
     dataset_root: Path,
     episodes: list[int],
@@ -225,13 +234,15 @@ def evaluate(
     seed: int = 0,
     *,
     device: str | torch.device | None = None,
+    code: Mapping[str, Any] | None = None,
 ) -> float:
     """Loss of ``weights`` on a seeded sample of ``frames`` frames from ``episodes`` only
-    (held-out evaluation at a site; eval mode, fixed RNG, no gradient)."""
+    (held-out evaluation at a site; eval mode, fixed RNG, no gradient). ``code``: as in
+    :func:`train_local`."""
     root = Path(dataset_root)
     dev = torch.device(device) if device is not None else _default_device()
     info = _read_info(root)
-    bundle = build_policy(recipe or DEFAULT_RECIPE, recipe_config, info["features"], norm_stats, device=dev)
+    bundle = _build(recipe, recipe_config, code, info["features"], norm_stats, dev)
     apply_weights(bundle.policy, weights)
     source = _FrameSource(
         root,
@@ -241,6 +252,15 @@ def evaluate(
     )
     rows = source.random_rows(min(frames, source.num_frames), torch.Generator().manual_seed(seed))
     return _eval_loss(bundle, source.batch(rows, train=False), seed)
+
+
+def _build(recipe, recipe_config, code, features, norm_stats, dev) -> PolicyBundle:
+    """The policy of a code bundle, or of ``recipe`` + ``recipe_config``."""
+    if code is None:
+        return build_policy(recipe or DEFAULT_RECIPE, recipe_config, features, norm_stats, device=dev)
+    if recipe is not None or recipe_config is not None:
+        raise ValueError("give either code or recipe and recipe_config, not both")
+    return build_bundle(code, features, norm_stats, device=dev)
 
 
 # --------------------------------------------------------------------------- loops
