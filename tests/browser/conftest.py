@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
 CHROMIUM = os.environ.get("FEDSILO_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -29,7 +27,11 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    """A headless chromium per test module (Playwright's loop ends with it); skipped when missing."""
+    """A headless chromium per test module (Playwright's loop ends with it); skipped when missing.
+
+    Django's async-unsafe check is off only while it runs, so no other test (nor a process a
+    test starts) inherits the setting.
+    """
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         found = shutil.which("chromium")
         pytest.skip(
@@ -40,7 +42,8 @@ def browser() -> Iterator:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip("playwright is not installed: pip install the dev extras")
-    with sync_playwright() as p:
+    with pytest.MonkeyPatch.context() as env, sync_playwright() as p:
+        env.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield chromium
         chromium.close()
