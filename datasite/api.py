@@ -9,7 +9,7 @@ from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from pydantic import Field, ValidationError
 
-from datasite import services
+from datasite import secure_rounds, services
 from datasite.models import Dataset, RoundRun
 from datasite.tasks import enqueue_round
 from webapp.api import require_role
@@ -119,6 +119,7 @@ def revoke(request: HttpRequest, study: str, body: RevokeIn):
 def stats(request: HttpRequest, study: str):
     """This site's normalization statistics over its training episodes (plain mode)."""
     require_role(request, PEER_NODE)
+    _call(secure_rounds.refuse_plain_stats, study)  # --- secure aggregation hook ---
     return _call(services.study_stats, study)
 
 
@@ -161,4 +162,6 @@ def round_status(request: HttpRequest, study: str, round_number: int):
     return {"status": run.status, "attempts": run.attempts, "error": run.error}
 
 
-routers = [("", router)]
+from datasite.secure_api import router as secure_router  # noqa: E402  (secure aggregation)
+
+routers = [("", router), ("/secure", secure_router)]

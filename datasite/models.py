@@ -88,6 +88,9 @@ class CodeRequest(models.Model):
     plan_sha256 = models.CharField(max_length=64)
     datasets = models.ManyToManyField(Dataset, related_name="code_requests")
     sites = models.JSONField(default=list)
+    site_keys = models.JSONField(
+        default=dict, blank=True, help_text="site → Ed25519 key relayed with the request (secure aggregation)"
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     reason = models.TextField(blank=True)
     decided_by = models.ForeignKey(

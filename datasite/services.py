@@ -198,6 +198,9 @@ def receive_code_request(body: CodeRequestIn) -> CodeRequest:
             raise ServiceError(str(exc)) from exc
     if settings.NODE_NAME not in body.sites:
         raise ServiceError(f"this site ({settings.NODE_NAME}) is not among the study's sites")
+    from datasite.secure_rounds import check_code_request  # --- secure aggregation hook ---
+
+    check_code_request(body)
     if len(body.datasets) != 1:
         raise ServiceError("a study uses exactly one dataset per site in this version")
     datasets = list(Dataset.objects.filter(name__in=body.datasets))
@@ -223,6 +226,7 @@ def receive_code_request(body: CodeRequestIn) -> CodeRequest:
             plan=body.plan.model_dump(),
             plan_sha256=plan_sha256(body.plan),
             sites=body.sites,
+            site_keys=body.site_keys,  # secure aggregation: the peers' keys the data owner approves
         )
         request.datasets.set(datasets)
         audit.record(
@@ -719,6 +723,10 @@ def _post_upload(run: RoundRun, meta: RoundUpload, update: bytes | None) -> bool
 
 def upload_result(run: RoundRun) -> bool:
     """Send a finished round's update and metrics to the orchestrator."""
+    from datasite import secure_rounds  # --- secure aggregation hook: no plaintext update leaves ---
+
+    if secure_rounds.handles(run):
+        return secure_rounds.upload_secure(run)
     update = None
     if not run.eval_only:
         update = (round_dir(run.study, run.round) / "update.safetensors").read_bytes()

@@ -83,6 +83,10 @@ def _request_body(study: Study, site: StudySite) -> dict:
         "plan": study.plan,
         "datasets": [site.dataset],
         "sites": [s.datasite.name for s in study.sites.select_related("datasite")],
+        # secure aggregation: members' signing keys, pinned by the site with the approved request
+        "site_keys": {
+            s.datasite.name: s.datasite.signing_key for s in study.sites.select_related("datasite")
+        },
     }
 
 
@@ -141,6 +145,10 @@ def _approved_sites(study: Study) -> list[StudySite]:
 
 def _prepare(study: Study) -> None:
     """Pool normalization statistics across sites, then fetch the data-free initial weights."""
+    if study.plan.get("aggregation", "plain") != "plain":  # --- secure aggregation hook ---
+        from orchestrator import secure_rounds
+
+        return secure_rounds.prepare(study)
     sites = _approved_sites(study)
     per_site = []
     for site in sites:
@@ -230,6 +238,11 @@ def _drive_round(study: Study) -> None:
         _set(study, phase="evaluate" if eval_only else "train")
         _send_round(study, rnd)
         return
+    # --- secure aggregation hook: secure training rounds run their phases in orchestrator.secure_rounds ---
+    if study.plan.get("aggregation", "plain") != "plain" and not rnd.eval_only:
+        from orchestrator import secure_rounds
+
+        return secure_rounds.drive(study, rnd)
     reported = {u.datasite.name: u for u in rnd.updates.select_related("datasite")}
     waiting = [p for p in rnd.participants if p not in reported and p not in rnd.dropped]
     if waiting and timezone.now() < rnd.deadline:

@@ -156,3 +156,7 @@ class SiteUpdate(models.Model):
 
     def __str__(self) -> str:
         return f"update of {self.datasite_id} for round {self.round_id}"
+
+
+# --- secure aggregation: session models live in their own module (registered here) ---
+from orchestrator.secure_models import SecureMessage, SecureSession  # noqa: E402, F401

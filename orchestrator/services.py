@@ -31,8 +31,10 @@ def propose(researcher, title: str, code: CodeBundle, plan: Plan, datasets: dict
         raise ServiceError(f"not joined datasites: {', '.join(unknown)}")
     if plan.min_sites > len(datasets):
         raise ServiceError(f"min_sites={plan.min_sites} but only {len(datasets)} sites are named")
-    if plan.aggregation != "plain":
-        raise ServiceError(f"aggregation mode {plan.aggregation!r} is not available yet; use 'plain'")
+    if plan.aggregation != "plain":  # --- secure aggregation: checks in orchestrator.secure_rounds ---
+        from orchestrator.secure_rounds import check_proposal
+
+        check_proposal(plan, len(datasets))
     try:
         ServerHParams.from_dict(plan.server)
     except (TypeError, ValueError) as exc:
@@ -112,6 +114,8 @@ def receive_upload(
         raise Conflict(f"{site.name} is not a participant of round {round_number} (late or dropped)")
     if SiteUpdate.objects.filter(round=rnd, datasite=site).exists():
         raise Conflict(f"{site.name} already reported round {round_number}")
+    if update is not None and study.plan.get("aggregation", "plain") != "plain":  # --- secure aggregation ---
+        raise ServiceError("this study aggregates securely: plaintext updates are refused")
     path = ""
     if not meta.error and not rnd.eval_only:
         if update is None:

@@ -150,6 +150,22 @@ class DPPlan(Pinned):
     delta: float = Field(default=1e-5, gt=0, lt=1)
 
 
+class SecurePlan(Pinned):
+    """Secure-aggregation settings (``secagg`` mode; see :mod:`privacy.secure_vector`).
+
+    ``clip``: each coordinate of a site's update Δ is clipped to [-clip, clip] before it is
+    quantized into the ring (values beyond are clipped, the count is reported).
+    ``threshold``: Shamir threshold t (default ⌊n/2⌋+1 of the round's n sites); up to n−t
+    sites may drop after sharing keys. ``max_weight``: a site's example count is clipped to
+    this public bound and divided by it, so that pre-weighted updates stay in range; set it
+    near the largest site's training frames (smaller gives finer quantization).
+    """
+
+    clip: float = Field(default=1.0, gt=0, le=1e6)
+    threshold: int | None = Field(default=None, ge=2, le=10_000)
+    max_weight: float = Field(default=100_000.0, ge=1, le=1e12)
+
+
 class Plan(Pinned):
     """Everything about a study that a data owner approves, besides the code."""
 
@@ -168,6 +184,7 @@ class Plan(Pinned):
     purpose: str = Field(default="policy-training", pattern=PURPOSE_PATTERN)
     seed: int = Field(default=0, ge=0, lt=2**31)
     round_timeout_s: float = Field(default=1800, gt=0, le=7 * 86400)
+    secure: SecurePlan = Field(default_factory=SecurePlan)  # used by secagg mode only
 
 
 class CodeRequestIn(BaseModel):
@@ -182,6 +199,9 @@ class CodeRequestIn(BaseModel):
     plan: Plan
     datasets: list[str] = Field(min_length=1, max_length=50)
     sites: list[str] = Field(min_length=1)
+    site_keys: dict[str, str] = Field(
+        default_factory=dict, description="site name → base64 Ed25519 key, relayed for secure aggregation"
+    )
 
 
 class CodeRequestOut(BaseModel):

@@ -1,0 +1,109 @@
+"""Secure-aggregation messages from datasites (``/api/secure/...``): one endpoint per phase.
+
+Round 0 is the study's normalization-statistics session. Every endpoint needs a member
+datasite's token; see :mod:`orchestrator.secure_rounds` for the protocol and the checks.
+Status codes: 400 malformed, 403 another site's message or a bad signature, 404 unknown
+study, 409 wrong round/session, out of phase, duplicate or not a participant, 413 oversize.
+GET endpoints answer 200 with a null field while the phase they wait for is not reached.
+"""
+
+import json
+
+from django.http import HttpRequest
+from ninja import Router, Status
+from ninja.errors import HttpError
+
+from orchestrator import secure_rounds
+from orchestrator.services import ServiceError
+from webapp.api import require_role
+from webapp.roles import PEER_NODE
+
+router = Router(tags=["secure aggregation"])
+BASE = "/studies/{study_id}/rounds/{round_number}"
+MAX_JSON_BYTES = 8 * 1024 * 1024
+
+
+def _site(request: HttpRequest):
+    require_role(request, PEER_NODE)
+    site = getattr(request.user, "datasite", None)
+    if site is None:
+        raise HttpError(403, "only a member datasite takes part in secure aggregation")
+    return site
+
+
+def _json(request: HttpRequest):
+    if int(request.META.get("CONTENT_LENGTH") or 0) > MAX_JSON_BYTES:
+        raise HttpError(413, "message too large")
+    try:
+        return json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(400, "the body must be JSON") from exc
+
+
+def _call(fn, *args):
+    try:
+        return fn(*args)
+    except ServiceError as exc:
+        raise HttpError(exc.status, str(exc)) from exc
+
+
+@router.get(BASE + "/setup", response=dict)
+def setup(request: HttpRequest, study_id: str, round_number: int):
+    """Session id, parameters, layout, the members' signing keys and the caller's progress
+    (``{"setup": null}`` while the session is not open yet)."""
+    return _call(secure_rounds.setup, _site(request), study_id, round_number)
+
+
+@router.post(BASE + "/advert", response={201: dict})
+def advert(request: HttpRequest, study_id: str, round_number: int):
+    """Phase 1: a signed KeyAdvert (JSON)."""
+    site = _site(request)
+    _call(secure_rounds.receive_advert, site, study_id, round_number, _json(request))
+    return Status(201, {"received": "advert"})
+
+
+@router.get(BASE + "/adverts", response=dict)
+def adverts(request: HttpRequest, study_id: str, round_number: int):
+    """Every advert once phase 1 is closed (``adverts`` is null before)."""
+    return _call(secure_rounds.adverts, _site(request), study_id, round_number)
+
+
+@router.post(BASE + "/shares", response={201: dict})
+def shares(request: HttpRequest, study_id: str, round_number: int):
+    """Phase 2: ``{"shares": [EncryptedShare, ...]}``, one per other advertised site."""
+    site = _site(request)
+    _call(secure_rounds.receive_shares, site, study_id, round_number, _json(request))
+    return Status(201, {"received": "shares"})
+
+
+@router.get(BASE + "/shares", response=dict)
+def routed_shares(request: HttpRequest, study_id: str, round_number: int):
+    """The shares addressed to the caller once phase 2 is closed."""
+    return _call(secure_rounds.shares_for, _site(request), study_id, round_number)
+
+
+@router.post(BASE + "/masked", response={201: dict})
+def masked(request: HttpRequest, study_id: str, round_number: int):
+    """Phase 3: the MaskedInput blob (``MaskedInput.to_bytes``: JSON header + raw uint32 LE)."""
+    site = _site(request)
+    if int(request.META.get("CONTENT_LENGTH") or 0) > secure_rounds.masked_limit(study_id, round_number):
+        raise HttpError(413, "the masked input is larger than the session's vector")
+    _call(secure_rounds.receive_masked, site, study_id, round_number, request.body)
+    return Status(201, {"received": "masked"})
+
+
+@router.get(BASE + "/unmask", response=dict)
+def unmask_request(request: HttpRequest, study_id: str, round_number: int):
+    """The UnmaskRequest (survivors and dropped sites) once phase 3 is closed."""
+    return _call(secure_rounds.unmask_request, _site(request), study_id, round_number)
+
+
+@router.post(BASE + "/unmask", response={201: dict})
+def unmask(request: HttpRequest, study_id: str, round_number: int):
+    """Phase 4: ``{"response": UnmaskResponse, "metrics": {...public round metrics}}``."""
+    site = _site(request)
+    _call(secure_rounds.receive_unmask, site, study_id, round_number, _json(request))
+    return Status(201, {"received": "unmask"})
+
+
+routers = [("/secure", router)]

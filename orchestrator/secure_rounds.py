@@ -1,0 +1,774 @@
+"""Secure aggregation (``secagg`` mode) at the orchestrator: sessions, phase messages, the engine step.
+
+Design
+------
+One :class:`~orchestrator.secure_models.SecureSession` per secure sum: the normalization
+statistics of a study (``number`` 0) and each training round (``number`` = round). The
+four SecAgg+ phases are separate HTTP messages from the sites (:mod:`orchestrator.secure_api`):
+
+1. ``advert``  a site's signed :class:`~privacy.secagg.KeyAdvert`
+2. ``shares``  its :class:`~privacy.secagg.EncryptedShare` list, routed to the receivers
+3. ``masked``  its :class:`~privacy.secagg.MaskedInput` (raw little-endian uint32 body)
+4. ``unmask``  its :class:`~privacy.secagg.UnmaskResponse` (and its public round metrics)
+
+State lives in the database and in one file, never in a process: the orchestrator serves
+requests from several gunicorn workers and runs the engine in another process. Each message
+is validated by rebuilding a :class:`~privacy.secagg.SecAggServer` from the stored messages
+of the earlier phases (cheap: keys and ciphertexts, O(n²) small items) and calling its
+``add_*`` method on the new one; valid messages are stored as rows. Masked inputs are not
+stored: each is added into ``<study>/secure/session-<r>/sum.safetensors`` (one running uint32
+sum, with the commitments of the sites it contains in its header), under an exclusive file
+lock, atomically replaced. The engine (:func:`drive`, :func:`prepare`) closes a phase when
+every expected site has answered or the phase deadline passed (phase 1: the round deadline,
+since sites train first; later phases: ``FEDSILO_SECAGG_PHASE_SECONDS``, default 120 s),
+with at least the threshold t of sites, else the study fails. Closing the masked phase
+happens under the same file lock, so no input joins the sum after the survivors are fixed.
+To finish, the engine rebuilds the server once more, feeds it the running sum as if it were
+the first survivor's input (zeros for the others: the server only ever keeps the sum),
+adds the unmask responses, and ``finish()`` removes the masks. The unmasked sum exists only
+in memory: it is dequantized, aggregated and applied to the global weights, and the
+masked-sum file is deleted. The database, the log and the checkpoints therefore never hold
+a site's plaintext or unmasked update (``tests/orchestrator/test_secure_api.py`` and the
+end-to-end test inspect them).
+
+Sites are authenticated per request by their API token; a message naming another site is
+refused (403), a forged advert fails its Ed25519 signature against the key the site gave
+when it joined (403), a message for another session or out of phase is a conflict (409),
+a malformed one is a 400. A crashed site is a dropout: its client state is gone with it.
+
+Trust: the orchestrator relays each member's long-term signing key with the code request;
+the site pins the keys in the request its data owner approves and verifies every advert
+against them (:mod:`datasite.secure_rounds`). A site therefore trusts the orchestrator to
+relay genuine keys once, at request time (the data owner may compare the fingerprints
+out of band); after that the orchestrator cannot substitute keys. The protocol protects
+against an honest-but-curious orchestrator (see :mod:`privacy.secagg`).
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from django.db import transaction
+from django.utils import timezone
+from safetensors import safe_open
+
+from compliance import audit
+from orchestrator import checkpoints, engine
+from orchestrator.models import Datasite, Round, SiteUpdate, Study, StudySite
+from orchestrator.secure_models import SecureMessage, SecureSession
+from orchestrator.services import Conflict, NotFound, ServiceError
+from orchestrator.sites import SiteClient, SiteUnreachable
+from orchestrator.tensors import from_bytes, manifest_of, to_bytes
+from privacy.normstats import bounds_from_moments, from_moments
+from privacy.secagg import (
+    EncryptedShare,
+    KeyAdvert,
+    MaskedInput,
+    ProtocolError,
+    SecAggError,
+    SecAggParams,
+    SecAggServer,
+    SignatureError,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from privacy.secure_vector import (
+    LIMBS,
+    MAX_LIMB_SITES,
+    EncodingError,
+    UpdateEncoding,
+    decode_moments,
+    layout_from,
+    layout_size,
+    layout_to_json,
+)
+from privacy.strategies import ServerHParams, ServerState, aggregate, server_update
+from webapp.protocol import Plan
+
+log = logging.getLogger(__name__)
+SECURE_MODES = ("secagg",)
+PHASE_SECONDS = float(os.environ.get("FEDSILO_SECAGG_PHASE_SECONDS", "120"))
+MAX_METRICS_BYTES = 16 * 1024
+Phase = SecureSession.Phase
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+def is_secure(plan: Plan | dict) -> bool:
+    aggregation = plan.get("aggregation", "plain") if isinstance(plan, dict) else plan.aggregation
+    return aggregation in SECURE_MODES
+
+
+def handles(study: Study, rnd: Round) -> bool:
+    """Whether the round engine hands this round to :func:`drive` (secure training rounds)."""
+    return is_secure(study.plan) and not rnd.eval_only
+
+
+# ----------------------------------------------------------------------------- proposal
+
+
+def check_proposal(plan: Plan, n_sites: int) -> None:
+    """Refuse a plan whose secure aggregation cannot run (called by ``services.propose``)."""
+    if plan.aggregation == "plain":
+        return
+    if plan.aggregation not in SECURE_MODES:
+        raise ServiceError(
+            f"aggregation mode {plan.aggregation!r} is not available yet; use 'plain' or 'secagg'"
+        )
+    if n_sites < 2:
+        raise ServiceError("secure aggregation needs at least 2 sites")
+    per_round = min(n_sites, max(plan.min_sites, math.ceil(plan.fraction * n_sites)))
+    try:
+        SecAggParams(tuple(f"s{i}" for i in range(per_round)), 1, plan.secure.clip, plan.secure.threshold)
+    except ValueError as exc:
+        raise ServiceError(f"secure aggregation with {per_round} sites per round: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------- sessions
+
+
+def session_id(study_id: str, number: int) -> str:
+    return f"fedsilo/{study_id}/" + ("stats" if number == 0 else f"round-{number}")
+
+
+def _keys(names) -> dict[str, bytes]:
+    sites = {s.name: s for s in Datasite.objects.filter(name__in=list(names))}
+    return {n: base64.b64decode(sites[n].signing_key) for n in names if n in sites and sites[n].signing_key}
+
+
+def _params(session: SecureSession) -> SecAggParams:
+    return SecAggParams.from_dict(session.params)
+
+
+def _server(session: SecureSession) -> SecAggServer:
+    params = _params(session)
+    return SecAggServer(session.session_id, params, _keys(params.sites))
+
+
+def _update_encoding(study: Study) -> UpdateEncoding:
+    plan = engine.plan_of(study)
+    return UpdateEncoding(
+        layout_from(study.manifest), plan.strategy, plan.secure.clip, plan.secure.max_weight, plan.local_steps
+    )
+
+
+def _open(
+    study: Study, number: int, kind: str, sites: list[str], layout: dict, length: int, clip: float, deadline
+) -> SecureSession | None:
+    plan = engine.plan_of(study)
+    try:
+        params = SecAggParams(tuple(sites), length, clip, plan.secure.threshold)
+    except ValueError as exc:
+        engine._fail(study, f"secure aggregation cannot start ({kind}, {len(sites)} sites): {exc}")
+        return None
+    with transaction.atomic():
+        session, created = SecureSession.objects.get_or_create(
+            study=study,
+            number=number,
+            defaults={
+                "kind": kind,
+                "session_id": session_id(study.pk, number),
+                "params": params.to_dict(),
+                "layout": layout,
+                "phase_deadline": deadline,
+            },
+        )
+        if created:
+            audit.record(
+                "secagg.opened",
+                audit.SYSTEM,
+                f"study:{study.pk}",
+                {
+                    "round": number,
+                    "kind": kind,
+                    "sites": list(params.sites),
+                    "threshold": params.threshold,
+                    "vector_length": length,
+                },
+            )
+    return session
+
+
+def _folder(session: SecureSession) -> Path:
+    path = checkpoints.study_dir(session.study_id) / "secure" / f"session-{session.number:05d}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def _sum_lock(session: SecureSession) -> Iterator[Path]:
+    """Exclusive across processes: adding a masked input, closing the masked phase."""
+    folder = _folder(session)
+    with open(folder / "sum.lock", "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield folder / "sum.safetensors"
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_sum(path: Path) -> tuple[np.ndarray | None, dict[str, str]]:
+    """(running masked sum, site -> b64 commitment of the inputs it contains)."""
+    if not path.exists():
+        return None, {}
+    with safe_open(path, framework="numpy") as fh:
+        included = json.loads(fh.metadata()["included"])
+    return from_bytes(path.read_bytes())["sum"], included
+
+
+def _write_sum(path: Path, total: np.ndarray, included: dict[str, str]) -> None:
+    checkpoints._atomic_write(path, to_bytes({"sum": total}, {"included": json.dumps(included)}))
+
+
+# ----------------------------------------------------------------------------- site messages
+
+
+def _session_for(site: Datasite, study_id: str, number: int) -> SecureSession:
+    study = Study.objects.filter(pk=study_id).first()
+    if study is None:
+        raise NotFound(f"no study {study_id}")
+    if study.status not in Study.ACTIVE:
+        raise Conflict(f"the study is {study.status}")
+    session = SecureSession.objects.filter(study=study, number=number).first()
+    if session is None:
+        current = number == study.current_round if number else study.status == Study.Status.PREPARING
+        if current and is_secure(study.plan):
+            raise NotFound(f"the secure session of round {number} is not open yet")
+        raise Conflict(f"round {number} has no secure session in this study")
+    if session.phase == Phase.FAILED:
+        raise Conflict(f"the secure session of round {number} failed: {session.error}")
+    if site.name not in session.params["sites"]:
+        raise Conflict(f"{site.name} is not a participant of round {number}")
+    return session
+
+
+def _locked(session: SecureSession) -> SecureSession:
+    return SecureSession.objects.select_for_update().get(pk=session.pk)
+
+
+def _parse(cls, data):
+    try:
+        return cls.from_dict(data)
+    except ProtocolError as exc:
+        raise ServiceError(f"malformed {cls.__name__}: {exc}") from exc
+
+
+def _check_ids(session: SecureSession, site: Datasite, round_id: str, sender: str) -> None:
+    if round_id != session.session_id:
+        raise Conflict(f"the message is for session {round_id!r}, not {session.session_id!r}")
+    if sender != site.name:
+        raise Forbidden(f"{site.name} may only send its own messages, not {sender!r}'s")
+
+
+def _protocol(fn, *args):
+    try:
+        return fn(*args)
+    except SignatureError as exc:
+        raise Forbidden(str(exc)) from exc
+    except SecAggError as exc:
+        raise ServiceError(str(exc)) from exc
+
+
+def _messages(session: SecureSession, phase: str) -> dict[str, dict]:
+    return dict(SecureMessage.objects.filter(session=session, phase=phase).values_list("site", "payload"))
+
+
+def _record(session: SecureSession, site: Datasite, phase: str, payload: dict) -> None:
+    SecureMessage.objects.update_or_create(
+        session=session, phase=phase, site=site.name, defaults={"payload": payload}
+    )
+    audit.record(
+        f"secagg.{phase}_received",
+        f"node:{site.name}",
+        f"study:{session.study_id}",
+        {"round": session.number},
+    )
+
+
+def setup(site: Datasite, study_id: str, number: int) -> dict:
+    """``{"setup": ...}``: what a site needs to take part (session id, parameters, layout, the
+    members' keys, its progress), or ``{"setup": None}`` while the session is not open yet."""
+    try:
+        session = _session_for(site, study_id, number)
+    except NotFound:
+        if Study.objects.filter(pk=study_id).exists():
+            return {"setup": None}
+        raise
+    params = _params(session)
+    rnd = Round.objects.filter(study_id=study_id, number=number).first()
+    keys = _keys(params.sites)
+    with _sum_lock(session) as path:
+        _, included = _read_sum(path)
+    return {
+        "setup": {
+            "session_id": session.session_id,
+            "mode": session.mode,
+            "kind": session.kind,
+            "round": number,
+            "params": session.params,
+            "layout": session.layout,
+            "phase": session.phase,
+            "deadline": (rnd.deadline if rnd else session.phase_deadline).isoformat(),
+            "site_keys": {s: base64.b64encode(k).decode() for s, k in keys.items()},
+            "progress": {
+                "advert": SecureMessage.objects.filter(
+                    session=session, phase="advert", site=site.name
+                ).exists(),
+                "shares": SecureMessage.objects.filter(
+                    session=session, phase="shares", site=site.name
+                ).exists(),
+                "masked": site.name in included,
+                "unmask": SecureMessage.objects.filter(
+                    session=session, phase="unmask", site=site.name
+                ).exists(),
+            },
+        }
+    }
+
+
+def receive_advert(site: Datasite, study_id: str, number: int, data: object) -> None:
+    """Phase 1. A site may replace its advert while the phase is open (nobody has seen it yet)."""
+    session = _session_for(site, study_id, number)
+    msg = _parse(KeyAdvert, data)
+    _check_ids(session, site, msg.round_id, msg.site_id)
+    with transaction.atomic():
+        session = _locked(session)
+        if session.phase != Phase.ADVERTISE:
+            raise Conflict("key advertisement is closed in this session")
+        server = _server(session)
+        for name, payload in _messages(session, "advert").items():
+            if name != site.name:
+                server.add_advert(KeyAdvert.from_dict(payload))
+        _protocol(server.add_advert, msg)
+        _record(session, site, "advert", msg.to_dict())
+
+
+def adverts(site: Datasite, study_id: str, number: int) -> dict:
+    session = _session_for(site, study_id, number)
+    if session.phase == Phase.ADVERTISE:
+        return {"phase": session.phase, "adverts": None}
+    if site.name not in session.advertised:
+        raise Conflict(f"{site.name} did not advertise keys in time")
+    stored = _messages(session, "advert")
+    return {"phase": session.phase, "adverts": [stored[s] for s in session.advertised]}
+
+
+def _server_at_share(session: SecureSession, skip: str | None = None) -> SecAggServer:
+    server = _server(session)
+    stored = _messages(session, "advert")
+    server.collect_adverts([KeyAdvert.from_dict(stored[s]) for s in session.advertised])
+    for name, payload in sorted(_messages(session, "shares").items()):
+        if name != skip:
+            server.add_shares([EncryptedShare.from_dict(d) for d in payload["shares"]])
+    return server
+
+
+def receive_shares(site: Datasite, study_id: str, number: int, data: object) -> None:
+    """Phase 2: one share for each other advertised site, encrypted for it (opaque here)."""
+    session = _session_for(site, study_id, number)
+    items = data.get("shares") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items or len(items) > 10_000:
+        raise ServiceError("expected {'shares': [one EncryptedShare per receiver]}")
+    shares = [_parse(EncryptedShare, d) for d in items]
+    for m in shares:
+        _check_ids(session, site, m.round_id, m.sender)
+    with transaction.atomic():
+        session = _locked(session)
+        if session.phase != Phase.SHARE:
+            raise Conflict(f"key sharing is not open (phase {session.phase})")
+        if site.name not in session.advertised:
+            raise Conflict(f"{site.name} did not advertise keys in time")
+        if SecureMessage.objects.filter(session=session, phase="shares", site=site.name).exists():
+            raise Conflict(f"{site.name} already sent its shares")
+        _protocol(_server_at_share(session).add_shares, shares)
+        _record(session, site, "shares", {"shares": [m.to_dict() for m in shares]})
+
+
+def shares_for(site: Datasite, study_id: str, number: int) -> dict:
+    session = _session_for(site, study_id, number)
+    if session.phase in (Phase.ADVERTISE, Phase.SHARE):
+        return {"phase": session.phase, "shares": None}
+    if site.name not in session.shared:
+        raise Conflict(f"{site.name} did not share keys in time")
+    routed = [
+        d
+        for _, payload in sorted(_messages(session, "shares").items())
+        for d in payload["shares"]
+        if d["receiver"] == site.name
+    ]
+    return {"phase": session.phase, "shares": routed}
+
+
+def masked_limit(study_id: str, number: int) -> int:
+    session = SecureSession.objects.filter(study_id=study_id, number=number).first()
+    return 4 * session.params["vector_length"] + 64 * 1024 if session else 64 * 1024
+
+
+def receive_masked(site: Datasite, study_id: str, number: int, blob: bytes) -> None:
+    """Phase 3: add a masked input to the running sum; the input itself is not kept."""
+    session = _session_for(site, study_id, number)
+    try:
+        msg = MaskedInput.from_bytes(blob)
+    except ProtocolError as exc:
+        raise ServiceError(f"malformed masked input: {exc}") from exc
+    _check_ids(session, site, msg.round_id, msg.site_id)
+    length = session.params["vector_length"]
+    if msg.vector.shape != (length,):
+        raise ServiceError(f"the masked input must have {length} uint32 words, not {msg.vector.shape[0]}")
+    if len(msg.b_commitment) != 32:
+        raise ServiceError("b_commitment must be 32 bytes")
+    with _sum_lock(session) as path:
+        session.refresh_from_db()
+        if session.phase != Phase.MASK:
+            raise Conflict(f"masked inputs are not accepted now (phase {session.phase})")
+        if site.name not in session.shared:
+            raise Conflict(f"{site.name} did not share keys in time")
+        total, included = _read_sum(path)
+        if site.name in included:
+            raise Conflict(f"{site.name} already sent its masked input")
+        vector = msg.vector.astype(np.uint32)
+        total = vector.copy() if total is None else np.add(total, vector, dtype=np.uint32)
+        included[site.name] = base64.b64encode(msg.b_commitment).decode()
+        _write_sum(path, total, included)
+        with transaction.atomic():
+            _record(session, site, "masked", msg.header())
+
+
+def unmask_request(site: Datasite, study_id: str, number: int) -> dict:
+    session = _session_for(site, study_id, number)
+    if session.phase not in (Phase.UNMASK, Phase.DONE):
+        return {"phase": session.phase, "request": None}
+    if site.name not in session.survivors:
+        raise Conflict(f"{site.name}'s masked input is not in the sum")
+    request = UnmaskRequest(session.session_id, tuple(session.survivors), tuple(session.dropped))
+    return {"phase": session.phase, "request": request.to_dict()}
+
+
+def receive_unmask(site: Datasite, study_id: str, number: int, data: object) -> None:
+    """Phase 4: a survivor's shares (b of survivors, s_sk of dropped sites) and its public metrics."""
+    session = _session_for(site, study_id, number)
+    if not isinstance(data, dict):
+        raise ServiceError("expected {'response': UnmaskResponse, 'metrics': {...}}")
+    msg = _parse(UnmaskResponse, data.get("response"))
+    _check_ids(session, site, msg.round_id, msg.site_id)
+    metrics = data.get("metrics") or {}
+    if not isinstance(metrics, dict) or len(json.dumps(metrics)) > MAX_METRICS_BYTES:
+        raise ServiceError("metrics must be a small JSON object")
+    with transaction.atomic():
+        session = _locked(session)
+        if session.phase != Phase.UNMASK:
+            raise Conflict(f"unmask responses are not accepted now (phase {session.phase})")
+        if site.name not in session.survivors:
+            raise Conflict(f"{site.name}'s masked input is not in the sum")
+        if SecureMessage.objects.filter(session=session, phase="unmask", site=site.name).exists():
+            raise Conflict(f"{site.name} already answered the unmask request")
+        group = _params(session).graph(session.session_id)[site.name] | {site.name}
+        bad_b = msg.b_shares.keys() - (set(session.survivors) & group)
+        bad_s = msg.s_shares.keys() - (set(session.dropped) & group)
+        if bad_b or bad_s:
+            raise ServiceError(
+                f"the response reveals shares it must not (b: {sorted(bad_b)}, s_sk: {sorted(bad_s)})"
+            )
+        _record(session, site, "unmask", msg.to_dict())
+        if session.kind == SecureSession.Kind.UPDATE:
+            rnd = Round.objects.get(study_id=study_id, number=number)
+            SiteUpdate.objects.get_or_create(
+                round=rnd,
+                datasite=site,
+                defaults={"local_steps": engine.plan_of(session.study).local_steps, "metrics": metrics},
+            )
+
+
+# ----------------------------------------------------------------------------- the engine step
+
+
+def _fail_session(session: SecureSession, reason: str) -> None:
+    SecureSession.objects.filter(pk=session.pk).update(phase=Phase.FAILED, error=reason)
+    study = Study.objects.get(pk=session.study_id)
+    if session.kind == SecureSession.Kind.UPDATE:
+        Round.objects.filter(study=study, number=session.number).update(
+            status=Round.Status.FAILED, finished_at=timezone.now()
+        )
+    engine._fail(study, f"secure aggregation of round {session.number} failed: {reason}")
+    _discard_sum(session)
+
+
+def _discard_sum(session: SecureSession) -> None:
+    (_folder(session) / "sum.safetensors").unlink(missing_ok=True)
+
+
+def _gone(session: SecureSession) -> set[str]:
+    """Sites known not to take part: refused the round or reported an error."""
+    if session.kind != SecureSession.Kind.UPDATE:
+        return set()
+    rnd = Round.objects.get(study_id=session.study_id, number=session.number)
+    errors = SiteUpdate.objects.filter(round=rnd).exclude(error="").values_list("datasite__name", flat=True)
+    return set(rnd.dropped) | set(errors)
+
+
+def _move(session: SecureSession, phase: str, **fields) -> None:
+    deadline = timezone.now() + timedelta(seconds=PHASE_SECONDS)
+    SecureSession.objects.filter(pk=session.pk).update(phase=phase, phase_deadline=deadline, **fields)
+    for key, value in fields.items():
+        setattr(session, key, value)
+    session.phase, session.phase_deadline = phase, deadline
+    audit.record(
+        "secagg.phase",
+        audit.SYSTEM,
+        f"study:{session.study_id}",
+        {"round": session.number, "phase": phase, **fields},
+    )
+
+
+def _advance(session: SecureSession) -> np.ndarray | None:
+    """Close the current phase if it is complete or late; the unmasked sum once it is done."""
+    params = _params(session)
+    t = params.threshold
+    order = {s: i for i, s in enumerate(params.sites)}
+    late = timezone.now() >= session.phase_deadline
+    if session.phase == Phase.ADVERTISE:
+        got = set(_messages(session, "advert"))
+        if set(params.sites) - _gone(session) <= got or late:
+            if len(got) < t:
+                return _fail_session(session, f"{len(got)} site(s) advertised keys, threshold is {t}")
+            _move(session, Phase.SHARE, advertised=sorted(got, key=order.get))
+    elif session.phase == Phase.SHARE:
+        got = set(_messages(session, "shares"))
+        if set(session.advertised) <= got or late:
+            if len(got) < t:
+                return _fail_session(session, f"{len(got)} site(s) shared keys, threshold is {t}")
+            _move(session, Phase.MASK, shared=sorted(got, key=order.get))
+    elif session.phase == Phase.MASK:
+        with _sum_lock(session) as path:
+            _, included = _read_sum(path)
+            if set(session.shared) <= included.keys() or late:
+                if len(included) < t:
+                    return _fail_session(
+                        session, f"{len(included)} masked input(s) arrived, threshold is {t}"
+                    )
+                survivors = sorted(included, key=order.get)
+                dropped = sorted(set(session.shared) - set(included), key=order.get)
+                _move(session, Phase.UNMASK, survivors=survivors, dropped=dropped)
+    elif session.phase == Phase.UNMASK:
+        got = set(_messages(session, "unmask"))
+        if set(session.survivors) <= got or late:
+            try:
+                return _unmask(session)
+            except (SecAggError, ValueError) as exc:
+                return _fail_session(session, str(exc))
+    return None
+
+
+def _unmask(session: SecureSession) -> np.ndarray:
+    """Rebuild the server from the stored messages and the running sum; remove the masks."""
+    server = _server_at_share(session)
+    server.route_shares()
+    total, included = _read_sum(_folder(session) / "sum.safetensors")
+    if total is None or sorted(included) != sorted(session.survivors):
+        raise ProtocolError("the running sum does not match the recorded survivors")
+    zero = np.broadcast_to(np.uint32(0), total.shape)  # the sum already holds every input
+    for i, name in enumerate(session.survivors):
+        commitment = base64.b64decode(included[name])
+        server.add_masked_input(MaskedInput(session.session_id, name, total if i == 0 else zero, commitment))
+    del total
+    request = server.unmask_request()
+    if list(request.survivors) != session.survivors or list(request.dropped) != session.dropped:
+        raise ProtocolError("the rebuilt unmask request differs from the one sent")
+    responses = [UnmaskResponse.from_dict(p) for _, p in sorted(_messages(session, "unmask").items())]
+    return server.finish(responses)
+
+
+def drive(study: Study, rnd: Round) -> None:
+    """One engine step of a secure training round (called by ``engine._drive_round``)."""
+    session = SecureSession.objects.filter(study=study, number=rnd.number).first()
+    if session is None:
+        enc = _update_encoding(study)
+        session = _open(
+            study,
+            rnd.number,
+            SecureSession.Kind.UPDATE,
+            list(rnd.participants),
+            {
+                "manifest": layout_to_json(enc.layout),
+                "strategy": enc.strategy,
+                "max_weight": enc.max_weight,
+                "max_steps": enc.max_steps,
+                "scalars": list(enc.scalars),
+            },
+            enc.length,
+            enc.clip,
+            rnd.deadline,
+        )
+        if session is None:
+            return
+    if session.phase == Phase.ADVERTISE and (
+        rnd.last_sent_at is None or timezone.now() - rnd.last_sent_at > engine.RESEND_EVERY
+    ):
+        engine._send_round(study, rnd)  # sites that already advertised ignore the copy
+    if session.phase in (Phase.DONE, Phase.FAILED):
+        return
+    before = session.phase
+    result = _advance(session)
+    if session.phase != before:
+        engine._set(study, phase=f"secagg:{session.phase}")
+    if result is not None:
+        _close_round(study, rnd, session, result)
+
+
+def _close_round(study: Study, rnd: Round, session: SecureSession, q_sum: np.ndarray) -> None:
+    plan = engine.plan_of(study)
+    survivors = list(session.survivors)
+    if len(survivors) < plan.min_sites:
+        return _fail_session(session, f"{len(survivors)} site(s) in the sum, the plan needs {plan.min_sites}")
+    params = _params(session)
+    summed, scalars = _update_encoding(study).decode(params.dequantize_sum(q_sum, len(survivors)))
+    del q_sum
+    avg = aggregate(summed, scalars, plan.strategy)
+    del summed
+    weights, state = checkpoints.load(study.pk, rnd.number - 1)
+    new_weights, new_state = server_update(
+        plan.strategy, weights, avg, state, ServerHParams.from_dict(plan.server)
+    )
+    checkpoints.save(study.pk, rnd.number, new_weights, new_state)
+    _discard_sum(session)
+    ok = {
+        u.datasite.name: u
+        for u in rnd.updates.select_related("datasite")
+        if not u.error and u.datasite.name in survivors
+    }
+    metrics = {**rnd.metrics, **engine._round_metrics(ok)}
+    metrics.pop("num_examples", None)  # hidden in the secure sum
+    metrics["secure"] = {
+        "mode": session.mode,
+        "threshold": params.threshold,
+        "survivors": survivors,
+        "dropped_after_sharing": list(session.dropped),
+        "advertised": list(session.advertised),
+    }
+    dropped = sorted(set(rnd.participants) - set(survivors))
+    with transaction.atomic():
+        SecureSession.objects.filter(pk=session.pk).update(phase=Phase.DONE)
+        Round.objects.filter(pk=rnd.pk).update(
+            status=Round.Status.DONE, dropped=dropped, metrics=metrics, finished_at=timezone.now()
+        )
+        audit.record(
+            "round.finished",
+            audit.SYSTEM,
+            f"study:{study.pk}",
+            {
+                "round": rnd.number,
+                "aggregated": survivors,
+                "dropped": dropped,
+                "mode": session.mode,
+                "heldout_loss": metrics.get("heldout_loss"),
+            },
+        )
+        Study.objects.filter(pk=study.pk).update(current_round=rnd.number + 1, phase="train")
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def prepare(study: Study) -> None:
+    """Secure ``engine._prepare``: pool statistics through a secure sum, then initial weights."""
+    sites = engine._approved_sites(study)
+    names = sorted(s.datasite.name for s in sites)
+    session = SecureSession.objects.filter(study=study, number=0).first()
+    if session is None:
+        _open_stats(study, sites, names)
+        return
+    if session.phase == Phase.FAILED:
+        return
+    if session.phase != Phase.DONE:
+        before = session.phase
+        result = _advance(session)
+        if session.phase != before:
+            engine._set(study, phase=f"secagg:{session.phase}")
+        if result is None or not _finish_stats(study, session, result):
+            return
+        study.refresh_from_db()
+    with SiteClient(sites[0].datasite) as client:
+        try:
+            weights = from_bytes(client.initial_weights(study.pk, study.norm_stats))
+        except SiteUnreachable as exc:
+            log.info("initial weights not available yet: %s", exc)
+            return
+    checkpoints.save(study.pk, 0, weights, ServerState(strategy=engine.plan_of(study).strategy))
+    engine._set(
+        study, manifest=manifest_of(weights), status=Study.Status.RUNNING, current_round=1, phase="train"
+    )
+
+
+def _open_stats(study: Study, sites: list[StudySite], names: list[str]) -> None:
+    """Ask every approved site to start its statistics session; open it when all agree on the layout."""
+    layouts = {}
+    for site in sites:
+        with SiteClient(site.datasite) as client:
+            try:
+                answer = client._call("POST", f"/secure/studies/{study.pk}/stats", timeout=600).json()
+            except SiteUnreachable as exc:
+                log.info("secure statistics of %s not started: %s", site.datasite.name, exc)
+                return
+        layouts[site.datasite.name] = answer.get("layout")
+    distinct = {json.dumps(v, sort_keys=True) for v in layouts.values()}
+    if len(distinct) != 1:
+        engine._fail(study, "the sites describe different statistics features; they cannot be pooled")
+        return
+    if len(names) > MAX_LIMB_SITES:
+        engine._fail(study, f"secure statistics support at most {MAX_LIMB_SITES} sites")
+        return
+    try:
+        layout = layout_from(next(iter(layouts.values())))
+    except (TypeError, KeyError, ValueError) as exc:
+        engine._fail(study, f"malformed statistics layout: {exc}")
+        return
+    deadline = timezone.now() + timedelta(seconds=engine.plan_of(study).round_timeout_s)
+    _open(
+        study,
+        0,
+        SecureSession.Kind.STATS,
+        names,
+        {"moments": layout_to_json(layout)},
+        LIMBS * layout_size(layout),
+        1.0,
+        deadline,
+    )
+    engine._set(study, phase="secagg:advertise")
+
+
+def _finish_stats(study: Study, session: SecureSession, q_sum: np.ndarray) -> bool:
+    try:
+        summed = decode_moments(q_sum, layout_from(session.layout["moments"]))
+        mins, maxs = bounds_from_moments(summed)
+        pooled = from_moments(summed, mins, maxs)
+    except (EncodingError, ValueError) as exc:
+        _fail_session(session, f"pooled statistics: {exc}")
+        return False
+    norm_stats = {k: {n: np.asarray(v).tolist() for n, v in by.items()} for k, by in pooled.items()}
+    _discard_sum(session)
+    with transaction.atomic():
+        SecureSession.objects.filter(pk=session.pk).update(phase=Phase.DONE)
+        audit.record(
+            "statistics.pooled",
+            audit.SYSTEM,
+            f"study:{study.pk}",
+            {
+                "mode": session.mode,
+                "sites": list(session.survivors),
+                "dropped_after_sharing": list(session.dropped),
+            },
+        )
+    engine._set(study, norm_stats=norm_stats, phase="initialisation")
+    return True
