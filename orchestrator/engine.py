@@ -281,6 +281,14 @@ def _close_round(study: Study, rnd: Round, reported: dict[str, SiteUpdate], wait
             plan.strategy, weights, avg, state, ServerHParams.from_dict(plan.server)
         )
         checkpoints.save(study.pk, rnd.number, new_weights, new_state)
+    finish_round(study, rnd, sorted(ok), dropped, metrics)
+
+
+def finish_round(
+    study: Study, rnd: Round, aggregated: list[str], dropped: list[str], metrics: dict, **audit_extra
+) -> None:
+    """Mark a closed round done, record it, and move the study on (or finish it after the
+    evaluation round); the caller's own state changes may share the transaction."""
     with transaction.atomic():
         Round.objects.filter(pk=rnd.pk).update(
             status=Round.Status.DONE, dropped=dropped, metrics=metrics, finished_at=timezone.now()
@@ -291,8 +299,9 @@ def _close_round(study: Study, rnd: Round, reported: dict[str, SiteUpdate], wait
             f"study:{study.pk}",
             {
                 "round": rnd.number,
-                "aggregated": sorted(ok),
+                "aggregated": aggregated,
                 "dropped": dropped,
+                **audit_extra,
                 "heldout_loss": metrics.get("heldout_loss"),
             },
         )

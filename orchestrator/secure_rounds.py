@@ -660,22 +660,7 @@ def _close_round(study: Study, rnd: Round, session: SecureSession, q_sum: np.nda
     dropped = sorted(set(rnd.participants) - set(survivors))
     with transaction.atomic():
         SecureSession.objects.filter(pk=session.pk).update(phase=Phase.DONE)
-        Round.objects.filter(pk=rnd.pk).update(
-            status=Round.Status.DONE, dropped=dropped, metrics=metrics, finished_at=timezone.now()
-        )
-        audit.record(
-            "round.finished",
-            audit.SYSTEM,
-            f"study:{study.pk}",
-            {
-                "round": rnd.number,
-                "aggregated": survivors,
-                "dropped": dropped,
-                "mode": session.mode,
-                "heldout_loss": metrics.get("heldout_loss"),
-            },
-        )
-        Study.objects.filter(pk=study.pk).update(current_round=rnd.number + 1, phase="train")
+        engine.finish_round(study, rnd, survivors, dropped, metrics, mode=session.mode)
 
 
 # ----------------------------------------------------------------------------- statistics
