@@ -9,6 +9,9 @@ envelope; the datasite opens it with `open_secret_context`. Each round, every si
 `encrypt_stream(secret, update, weight=w_i)` and uploads the frames one by one; the
 orchestrator feeds them to a `CiphertextAccumulator` (public context only) and sends the
 frames of `export()` to one datasite, whose `decrypt_stream` returns Σ w_i·update_i.
+A server that must survive restarts keeps each site's chunks on disk instead (validated
+by `check_contribution`) and, once the round's contributors are fixed, builds each
+aggregate frame with `sum_contributions` (see `orchestrator.he_rounds`).
 
 Parameters (fixed; `context.py`)
 - Ring degree N = 8192, coefficient moduli [60, 60] bits, scale Δ = 2^40, 4096 slots
@@ -101,10 +104,12 @@ from .stream import (
     DEFAULT_CHUNK_VALUES,
     ChunkHeader,
     CiphertextAccumulator,
+    check_contribution,
     decrypt_stream,
     encrypt_stream,
     n_chunks,
     read_chunk_header,
+    sum_contributions,
 )
 
 __all__ = [
@@ -123,6 +128,7 @@ __all__ = [
     "HEError",
     "KeyCeremony",
     "SecretContext",
+    "check_contribution",
     "create_key_ceremony",
     "decrypt_stream",
     "default_flood_std",
@@ -132,4 +138,5 @@ __all__ = [
     "public_context_bytes",
     "read_chunk_header",
     "seal_secret_context",
+    "sum_contributions",
 ]

@@ -12,6 +12,7 @@ shorter). Parts are TenSEAL's own protobuf/SEAL bytes; nothing is pickled.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import struct
@@ -186,6 +187,92 @@ def _load_part(ctx: ts.Context, blob: bytes, size: int) -> _CKKSVector:
     return vec
 
 
+def _load_parts(ctx: ts.Context, header: ChunkHeader, parts: list[bytes]) -> list[_CKKSVector]:
+    return [
+        _load_part(ctx, blob, size)
+        for blob, size in zip(parts, _part_sizes(header.count), strict=True)
+    ]
+
+
+def _check_contribution_header(
+    header: ChunkHeader, key_id: bytes, total_values: int, chunk_values: int, chunk_index: int
+) -> None:
+    if header.kind != KIND_CONTRIBUTION:
+        raise HEError("expected a site's contribution, got an aggregate chunk")
+    if header.key_id != key_id:
+        raise HEError(
+            f"chunk was encrypted under key {header.key_id.hex()}, "
+            f"not this study's key {key_id.hex()}"
+        )
+    if (header.total_values, header.chunk_values) != (total_values, chunk_values):
+        raise HEError(
+            f"chunk is for a vector of {header.total_values} values in chunks of "
+            f"{header.chunk_values}, expected {total_values} in chunks of {chunk_values}"
+        )
+    if header.chunk_index != chunk_index:
+        raise HEError(f"chunk header says index {header.chunk_index}, expected {chunk_index}")
+
+
+@functools.cache
+def _public_tenseal_context() -> ts.Context:
+    return load_tenseal_context(public_context_bytes())
+
+
+def check_contribution(
+    chunk: bytes, *, key_id: bytes, total_values: int, chunk_values: int, chunk_index: int
+) -> ChunkHeader:
+    """Fully validate one site's chunk without keeping it (the server's upload check).
+
+    Parses the frame, checks it is a contribution for this key, vector layout and index,
+    and loads every ciphertext under the public parameters; `HEError` on any failure.
+    """
+    header, parts = _unpack(chunk)
+    _check_contribution_header(header, key_id, total_values, chunk_values, chunk_index)
+    _load_parts(_public_tenseal_context(), header, parts)
+    return header
+
+
+def sum_contributions(
+    chunks: Iterable[bytes],
+    *,
+    key_id: bytes,
+    total_values: int,
+    chunk_values: int,
+    chunk_index: int,
+    max_contributions: int = MAX_CONTRIBUTIONS,
+) -> bytes:
+    """The aggregate frame of one chunk index: the sum of every site's contribution to it.
+
+    The stateless form of `CiphertextAccumulator`, for a server that keeps each site's
+    validated chunks on disk until the round's contributors are fixed and then sums chunk
+    by chunk (memory: one chunk's running sum plus the chunk being added). At least two
+    contributions (a single one would be a site's update) and at most `max_contributions`.
+    """
+    ctx = _public_tenseal_context()
+    running: list[_CKKSVector] | None = None
+    count = 0
+    for chunk in chunks:
+        header, parts = _unpack(chunk)
+        _check_contribution_header(header, key_id, total_values, chunk_values, chunk_index)
+        vecs = _load_parts(ctx, header, parts)
+        count += 1
+        if count > max_contributions:
+            raise HEError(f"more than {max_contributions} contributions to chunk {chunk_index}")
+        if running is None:
+            running = vecs
+        else:
+            for acc, vec in zip(running, vecs, strict=True):
+                acc.add_(vec)
+    if running is None or count < 2:
+        raise HEError(f"an aggregate needs at least 2 contributions, got {count}")
+    _check_layout(total_values, chunk_values)
+    size = min(chunk_values, total_values - chunk_index * chunk_values)
+    header = ChunkHeader(
+        KIND_AGGREGATE, count, key_id, total_values, chunk_values, chunk_index, size
+    )
+    return _pack(header, [vec.serialize() for vec in running])
+
+
 def _weighted_block(arr: np.ndarray, start: int, chunk_values: int, weight: float) -> np.ndarray:
     block = np.asarray(arr[start : start + chunk_values], dtype=np.float64) * weight
     finite = np.isfinite(block)
@@ -323,26 +410,11 @@ class CiphertextAccumulator:
         if not isinstance(site, str) or not site:
             raise HEError("site must be a non-empty string")
         header, parts = _unpack(chunk)
-        if header.kind != KIND_CONTRIBUTION:
-            raise HEError("expected a site's contribution, got an aggregate chunk")
-        if header.key_id != self.key_id:
-            raise HEError(
-                f"chunk was encrypted under key {header.key_id.hex()}, "
-                f"not this study's key {self.key_id.hex()}"
-            )
-        if (header.total_values, header.chunk_values) != (self.total_values, self.chunk_values):
-            raise HEError(
-                f"chunk is for a vector of {header.total_values} values in chunks of "
-                f"{header.chunk_values}, expected {self.total_values} in chunks of "
-                f"{self.chunk_values}"
-            )
-        if header.chunk_index != chunk_index:
-            raise HEError(f"chunk header says index {header.chunk_index}, expected {chunk_index}")
+        _check_contribution_header(
+            header, self.key_id, self.total_values, self.chunk_values, chunk_index
+        )
         self._check_accepts(site, chunk_index)  # cheap refusals before deserializing
-        vecs = [
-            _load_part(self._ctx, blob, size)
-            for blob, size in zip(parts, _part_sizes(header.count), strict=True)
-        ]
+        vecs = _load_parts(self._ctx, header, parts)
         with self._lock:
             self._check_accepts(site, chunk_index, locked=True)
             seen = self._by_chunk[chunk_index]

@@ -492,3 +492,50 @@ def test_streaming_memory_is_one_model_not_n(fed: Federation) -> None:
     assert grown[-1] - grown[1] < 0.25 * model_bytes, f"RSS growth per site (MB): {mb}"
     got = he.decrypt_stream(fed.secrets["beta"], acc.export(), n)
     assert _rel_err(got, sum(vectors) / 4) < 1e-6
+
+
+# ---------------------------------------------------------------- stateless server (on disk)
+
+
+def test_sum_contributions_equals_the_accumulator_and_decrypts_to_the_plain_sum(fed: Federation) -> None:
+    n = 3 * CV - 5
+    vectors, weights = _updates(n, seed=7)
+    frames = {
+        site: list(he.encrypt_stream(fed.secrets[site], v, weight=w, chunk_values=CV))
+        for site, v, w in zip(SITES, vectors, weights, strict=True)
+    }
+    layout = {"key_id": fed.ceremony.key_id, "total_values": n, "chunk_values": CV}
+    for site in SITES:
+        for index, frame in enumerate(frames[site]):
+            header = he.check_contribution(frame, chunk_index=index, **layout)
+            assert (header.chunk_index, header.contributors) == (index, 1)
+    aggregate = [
+        he.sum_contributions([frames[s][i] for s in SITES], chunk_index=i, **layout)
+        for i in range(he.n_chunks(n, CV))
+    ]
+    assert [stream.read_chunk_header(f).contributors for f in aggregate] == [3, 3, 3]
+    got = he.decrypt_stream(fed.secrets["beta"], reversed(aggregate), n)
+    want = sum(w * v for v, w in zip(vectors, weights, strict=True))
+    assert _rel_err(got, want) < 1e-6
+    np.testing.assert_allclose(got, want, atol=1e-7)
+
+
+def test_check_contribution_and_sum_refuse_what_does_not_belong(fed: Federation) -> None:
+    n = 3 * CV - 5
+    layout = {"key_id": fed.ceremony.key_id, "total_values": n, "chunk_values": CV}
+    alpha, beta = _frames(fed, "alpha"), _frames(fed, "beta", seed=1)
+    with pytest.raises(he.HEError, match="header says index 0, expected 1"):
+        he.check_contribution(alpha[0], chunk_index=1, **layout)
+    with pytest.raises(he.HEError, match="not this study's key"):
+        he.check_contribution(alpha[0], chunk_index=0, **{**layout, "key_id": bytes(16)})
+    with pytest.raises(he.HEError, match="vector of"):
+        he.check_contribution(alpha[0], chunk_index=0, **{**layout, "total_values": n + 1})
+    with pytest.raises(he.HEError, match="ciphertext"):
+        he.check_contribution(alpha[0][:60] + bytes(200) + alpha[0][260:], chunk_index=0, **layout)
+    with pytest.raises(he.HEError, match="at least 2 contributions, got 1"):
+        he.sum_contributions([alpha[0]], chunk_index=0, **layout)
+    aggregate = he.sum_contributions([alpha[0], beta[0]], chunk_index=0, **layout)
+    with pytest.raises(he.HEError, match="got an aggregate"):  # sums are never summed again
+        he.sum_contributions([aggregate, alpha[0]], chunk_index=0, **layout)
+    with pytest.raises(he.HEError, match="more than 2 contributions"):
+        he.sum_contributions([alpha[0], beta[0], alpha[0]], chunk_index=0, max_contributions=2, **layout)
