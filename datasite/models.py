@@ -175,3 +175,32 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.dataset_id} study {self.study[:8]} round {self.round}"
+
+
+class HEKey(models.Model):
+    """This site's copy of a study's CKKS secret key (``he`` mode); the key itself is a 0600 file
+    in the node's ``keys/he/`` folder, named after the study (see :mod:`datasite.he_rounds`)."""
+
+    study = models.CharField(max_length=32, unique=True)
+    key_id = models.CharField(max_length=32, help_text="hex of privacy.he.SecretContext.key_id")
+    key_holder = models.CharField(max_length=63, help_text="the site that made the key (maybe this one)")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"CKKS key {self.key_id[:8]} of study {self.study[:8]} (made by {self.key_holder})"
+
+
+class HEDecryption(models.Model):
+    """An aggregate this site decrypted: at most one per round (see "Decryption leaks" in privacy.he)."""
+
+    study = models.CharField(max_length=32)
+    round = models.PositiveIntegerField()
+    aggregate_sha256 = models.CharField(max_length=64)
+    contributors = models.JSONField(help_text="the sites the orchestrator said the sum contains")
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["study", "round"], name="one_decryption_per_round")]
+
+    def __str__(self) -> str:
+        return f"decryption of study {self.study[:8]} round {self.round}"

@@ -65,7 +65,7 @@ from webapp.node import load_node
 from webapp.protocol import CodeRequestIn
 
 log = logging.getLogger(__name__)
-SECURE_MODES = ("secagg",)
+SECURE_MODES = ("secagg", "he")  # he studies pool their statistics through secagg too
 POLL_SECONDS = float(os.environ.get("FEDSILO_SECAGG_POLL_SECONDS", "0.5"))
 PHASE_SECONDS = float(os.environ.get("FEDSILO_SECAGG_PHASE_SECONDS", "120"))
 # test-only fault injection: "after-shares@<round>" kills this process right after it sent its
@@ -121,7 +121,7 @@ def handles(run: RoundRun) -> bool:
 # ----------------------------------------------------------------------------- orchestrator calls
 
 
-class _Orchestrator:
+class OrchestratorCalls:
     def __init__(self, study: str, number: int):
         link = services._orchestrator()
         self.http = httpx.Client(
@@ -149,7 +149,7 @@ def _detail(response: httpx.Response) -> str:
         return response.text[:300]
 
 
-def _wait(api: _Orchestrator, path: str, key: str, until: float) -> object:
+def wait_for(api: OrchestratorCalls, path: str, key: str, until: float) -> object:
     """Poll GET ``path`` until its ``key`` is set; abort on a refusal or at ``until``."""
     while time.monotonic() < until:
         response = api.request("GET", path)
@@ -164,7 +164,7 @@ def _wait(api: _Orchestrator, path: str, key: str, until: float) -> object:
     raise SecureAbort(f"gave up waiting for {path}")
 
 
-def _send(api: _Orchestrator, path: str, until: float, **kwargs) -> None:
+def send(api: OrchestratorCalls, path: str, until: float, **kwargs) -> None:
     """POST, retrying while the orchestrator is unreachable; a refusal aborts."""
     while time.monotonic() < until:
         response = api.request("POST", path, **kwargs)
@@ -220,9 +220,9 @@ def _participate(
 ) -> dict:
     """Run the four phases; return the unmask request (who is in the sum). Raises SecureAbort."""
     until = time.monotonic() + budget_s
-    api = _Orchestrator(study, number)
+    api = OrchestratorCalls(study, number)
     try:
-        setup = _wait(api, "/setup", "setup", until)
+        setup = wait_for(api, "/setup", "setup", until)
         if any(setup.get("progress", {}).values()):
             raise SecureAbort("this site already took part in this session (an earlier attempt)")
         params = _verified_params(setup, request, study, number)
@@ -233,17 +233,17 @@ def _participate(
         peers = {n: base64.b64decode(k) for n, k in request.site_keys.items() if n in params.sites}
         client = SecAggClient(settings.NODE_NAME, setup["session_id"], node.signing_key(), peers, params)
 
-        _send(api, "/advert", until, json=client.advertise_keys().to_dict())
-        adverts = [KeyAdvert.from_dict(d) for d in _wait(api, "/adverts", "adverts", until)]
+        send(api, "/advert", until, json=client.advertise_keys().to_dict())
+        adverts = [KeyAdvert.from_dict(d) for d in wait_for(api, "/adverts", "adverts", until)]
         shares = client.share_keys(adverts)
-        _send(api, "/shares", until, json={"shares": [m.to_dict() for m in shares]})
+        send(api, "/shares", until, json={"shares": [m.to_dict() for m in shares]})
         if os.environ.get(FAULT_ENV) == f"after-shares@{number}":
             log.warning("fault injection (%s): this process dies after sharing keys", FAULT_ENV)
             os.kill(os.getpid(), signal.SIGKILL)
-        routed = [EncryptedShare.from_dict(d) for d in _wait(api, "/shares", "shares", until)]
+        routed = [EncryptedShare.from_dict(d) for d in wait_for(api, "/shares", "shares", until)]
         masked = client.masked_input(vector, routed)
         del vector
-        _send(
+        send(
             api,
             "/masked",
             until,
@@ -251,9 +251,9 @@ def _participate(
             headers={"Content-Type": "application/octet-stream"},
         )
         del masked
-        unmask = UnmaskRequest.from_dict(_wait(api, "/unmask", "request", until))
+        unmask = UnmaskRequest.from_dict(wait_for(api, "/unmask", "request", until))
         response = client.unmask(unmask.survivors, unmask.dropped)
-        _send(api, "/unmask", until, json={"response": response.to_dict(), "metrics": metrics or {}})
+        send(api, "/unmask", until, json={"response": response.to_dict(), "metrics": metrics or {}})
         return {"survivors": list(unmask.survivors), "dropped": list(unmask.dropped)}
     except (SecAggError, EncodingError, ValueError, KeyError, TypeError) as exc:
         raise SecureAbort(f"{exc.__class__.__name__}: {exc}") from exc
@@ -261,7 +261,7 @@ def _participate(
         api.close()
 
 
-def _enter(key: tuple[str, int]) -> bool:
+def enter(key: tuple[str, int]) -> bool:
     with _active_lock:
         if key in _active:
             return False
@@ -269,7 +269,7 @@ def _enter(key: tuple[str, int]) -> bool:
         return True
 
 
-def _leave(key: tuple[str, int]) -> None:
+def leave(key: tuple[str, int]) -> None:
     with _active_lock:
         _active.discard(key)
 
@@ -281,8 +281,12 @@ def upload_secure(run: RoundRun) -> bool:
     """Contribute a finished round's update to the secure sum (the hook in ``upload_result``)."""
     from safetensors.numpy import load
 
+    if services.plan_of(run.request).aggregation == "he":
+        from datasite import he_rounds
+
+        return he_rounds.upload(run)
     key = (run.study, run.round)
-    if not _enter(key):
+    if not enter(key):
         log.info("secure round %s/%s already running in this process", *key)
         return False
     try:
@@ -319,7 +323,7 @@ def upload_secure(run: RoundRun) -> bool:
         )
         return False
     finally:
-        _leave(key)
+        leave(key)
     RoundRun.objects.filter(pk=run.pk).update(uploaded_at=timezone.now())
     audit.record(
         "round.secure_contributed",
@@ -357,7 +361,7 @@ def start_stats(study: str) -> dict:
 
 def _run_stats(study: str, request_id: int, moments: dict, layout) -> None:
     key = (study, 0)
-    if not _enter(key):
+    if not enter(key):
         return
     try:
         request = CodeRequest.objects.get(pk=request_id)
@@ -378,5 +382,5 @@ def _run_stats(study: str, request_id: int, moments: dict, layout) -> None:
     except Exception:
         log.exception("secure statistics of %s crashed", study)
     finally:
-        _leave(key)
+        leave(key)
         close_old_connections()

@@ -37,7 +37,8 @@ DATASET_VIEWERS = (DATA_OWNER, COMPLIANCE_OFFICER, NODE_ADMIN)
 DEFAULT_PURPOSE = "policy-training"
 AGGREGATION = {
     "secagg": "secure aggregation (pairwise masking): the orchestrator sees only the sum",
-    "he": "homomorphic encryption (CKKS): the orchestrator sees only ciphertexts",
+    "he": "homomorphic encryption (CKKS): the orchestrator sees ciphertexts and the sum; "
+    "every participating site holds the decryption key",
     "plain": "plain: the orchestrator sees this site's individual update",
 }
 LEROBOT_FEATURES = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
@@ -106,6 +107,7 @@ def _plan_rows(plan: Plan, raw: dict[str, Any], sites: list[str]) -> list[tuple[
         ("Privacy unit", unit),
         ("Frames per episode", str(dp.frames_per_episode)),
         ("Aggregation", AGGREGATION.get(plan.aggregation, plan.aggregation)),
+        ("Robust aggregation", plan.robust.describe()),
         ("Sites", ", ".join(sites) or "—"),
         ("Minimum sites", str(plan.min_sites)),
         ("Purpose", plan.purpose),

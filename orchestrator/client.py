@@ -93,7 +93,7 @@ class Client:
         strategy: str = "fedavg",
         mu: float = 0.0,
         dp: dict | None = None,
-        aggregation: str = "plain",
+        aggregation: str = "secagg",
         module_source: str | Path | None = None,
         entry: str = "build_policy",
         base_recipe: str | None = None,
@@ -105,8 +105,11 @@ class Client:
         The code is ``recipe`` with ``config``, or, when ``module_source`` is given (source
         text or a ``Path``), a module bundle: its ``entry`` function receives ``base_recipe``
         (default: ``recipe``) built with ``base_config``, and ``config``.
-        ``plan`` takes the other plan fields: local_steps, batch_size, lr, server, min_sites,
-        fraction, holdout_fraction, purpose, seed, round_timeout_s.
+        ``aggregation`` is ``secagg`` (default: the orchestrator sees only the sum), ``he``
+        (CKKS; see the README for its trust model) or ``plain`` (each site's update in the
+        clear: only where every data owner accepts that). ``plan`` takes the other plan
+        fields: local_steps, batch_size, lr, server, min_sites, fraction, holdout_fraction,
+        purpose, seed, round_timeout_s, secure (clip, threshold, max_weight), robust.
         """
         if module_source is None:
             if base_recipe is not None or base_config is not None:

@@ -24,6 +24,7 @@ from orchestrator.models import Round, SiteUpdate, Study, StudySite
 from orchestrator.sites import SiteClient, SiteUnreachable
 from orchestrator.tensors import from_bytes, manifest_of
 from privacy.normstats import aggregate_stats
+from privacy.robust import aggregate_robust, min_updates
 from privacy.strategies import ClientResult, ServerHParams, ServerState, aggregate_plain, server_update
 from webapp.protocol import Plan
 
@@ -254,16 +255,21 @@ def _drive_round(study: Study) -> None:
 
 def _close_round(study: Study, rnd: Round, reported: dict[str, SiteUpdate], waiting: list[str]) -> None:
     plan = plan_of(study)
+    robust = plan.robust
     ok = {name: u for name, u in reported.items() if not u.error}
     dropped = sorted(set(waiting) | set(rnd.dropped) | {name for name, u in reported.items() if u.error})
-    if len(ok) < plan.min_sites:
+    needed = plan.min_sites
+    if not rnd.eval_only:  # a robust rule needs enough updates to outvote f Byzantine ones
+        needed = max(needed, min_updates(robust.method, robust.f, robust.multikrum_m))
+    if len(ok) < needed:
         Round.objects.filter(pk=rnd.pk).update(
             status=Round.Status.FAILED, dropped=dropped, finished_at=timezone.now()
         )
         errors = "; ".join(f"{n}: {u.error}" for n, u in reported.items() if u.error)
         _fail(
             study,
-            f"round {rnd.number}: {len(ok)} site(s) answered, {plan.min_sites} needed"
+            f"round {rnd.number}: {len(ok)} site(s) answered, {needed} needed"
+            + (f" by robust {robust.method} with f={robust.f}" if needed > plan.min_sites else "")
             + (f" ({errors})" if errors else "")
             + (f"; timed out: {', '.join(waiting)}" if waiting else ""),
         )
@@ -272,11 +278,19 @@ def _close_round(study: Study, rnd: Round, reported: dict[str, SiteUpdate], wait
     _set(study, phase="aggregate")
     if not rnd.eval_only:
         weights, state = checkpoints.load(study.pk, rnd.number - 1)
+        names = sorted(ok)
         results = [
             ClientResult(from_bytes(Path(u.path).read_bytes()), max(1, u.num_examples), max(1, u.local_steps))
-            for u in ok.values()
+            for u in (ok[n] for n in names)
         ]
-        avg = aggregate_plain(results, plan.strategy)
+        if robust.method == "none":
+            avg = aggregate_plain(results, plan.strategy)
+        else:
+            agg = aggregate_robust(results, plan.strategy, robust.method, robust.f, robust.multikrum_m)
+            avg = agg.update
+            metrics["robust"] = {"method": robust.method, "f": robust.f}
+            if agg.selected is not None:  # Krum / Multi-Krum: which sites were kept (names only)
+                metrics["robust"]["selected"] = sorted(names[i] for i in agg.selected)
         new_weights, new_state = server_update(
             plan.strategy, weights, avg, state, ServerHParams.from_dict(plan.server)
         )

@@ -159,4 +159,4 @@ class SiteUpdate(models.Model):
 
 
 # --- secure aggregation: session models live in their own module (registered here) ---
-from orchestrator.secure_models import SecureMessage, SecureSession  # noqa: E402, F401
+from orchestrator.secure_models import SecureMessage, SecureSession, StudyKey  # noqa: E402, F401

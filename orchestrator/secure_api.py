@@ -1,5 +1,8 @@
 """Secure-aggregation messages from datasites (``/api/secure/...``): one endpoint per phase.
 
+``secagg`` sessions: setup, advert(s), shares, masked, unmask (:mod:`orchestrator.secure_rounds`);
+``he`` sessions: he/setup, he/chunks/{i}, he/commit, he/aggregate/{i} (:mod:`orchestrator.he_rounds`).
+
 Round 0 is the study's normalization-statistics session. Every endpoint needs a member
 datasite's token; see :mod:`orchestrator.secure_rounds` for the protocol and the checks.
 Status codes: 400 malformed, 403 another site's message or a bad signature, 404 unknown
@@ -9,11 +12,12 @@ GET endpoints answer 200 with a null field while the phase they wait for is not 
 
 import json
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from ninja import Router, Status
 from ninja.errors import HttpError
 
-from orchestrator import secure_rounds
+from orchestrator import he_rounds, secure_rounds
+from orchestrator.secure_models import SecureSession
 from orchestrator.services import ServiceError
 from webapp.api import require_role
 from webapp.roles import PEER_NODE
@@ -107,3 +111,38 @@ def unmask(request: HttpRequest, study_id: str, round_number: int):
 
 
 routers = [("/secure", router)]
+
+
+# ----------------------------------------------------------------------------- he mode
+
+
+@router.get(BASE + "/he/setup", response=dict)
+def he_setup(request: HttpRequest, study_id: str, round_number: int):
+    """Key id, layout, chunking and the caller's progress (``{"setup": null}`` until the round opens)."""
+    return _call(he_rounds.setup, _site(request), study_id, round_number)
+
+
+@router.post(BASE + "/he/chunks/{index}", response={201: dict})
+def he_chunk(request: HttpRequest, study_id: str, round_number: int, index: int):
+    """One encrypted chunk (a ``privacy.he`` contribution frame, application/octet-stream)."""
+    site = _site(request)
+    session = SecureSession.objects.filter(study_id=study_id, number=round_number, mode="he").first()
+    if int(request.META.get("CONTENT_LENGTH") or 0) > he_rounds.chunk_limit(session):
+        raise HttpError(413, "the chunk is larger than the session's chunk size allows")
+    _call(he_rounds.receive_chunk, site, study_id, round_number, index, request.body)
+    return Status(201, {"received": index})
+
+
+@router.post(BASE + "/he/commit", response={201: dict})
+def he_commit(request: HttpRequest, study_id: str, round_number: int):
+    """``{"metrics": {...}}`` once every chunk is uploaded: the caller's update joins the sum."""
+    site = _site(request)
+    _call(he_rounds.commit, site, study_id, round_number, _json(request))
+    return Status(201, {"received": "commit"})
+
+
+@router.get(BASE + "/he/aggregate/{index}")
+def he_aggregate(request: HttpRequest, study_id: str, round_number: int, index: int):
+    """One frame of the round's aggregate ciphertext, for the site asked to decrypt it only."""
+    blob = _call(he_rounds.aggregate_chunk, _site(request), study_id, round_number, index)
+    return HttpResponse(blob, content_type="application/octet-stream")

@@ -1,10 +1,12 @@
 """Orchestrator state of secure-aggregation sessions (imported by :mod:`orchestrator.models`).
 
-A session is one secure sum: a training round's updates (``number`` = the round) or the
-study's normalization statistics (``number`` = 0). Its public messages (key adverts,
-encrypted shares, masked-input headers, unmask responses) are rows of
-:class:`SecureMessage`; the running sum of masked inputs is a file next to the study's
-checkpoints (see :mod:`orchestrator.secure_rounds`). Nothing here is a site's plaintext.
+A session is one secure sum (``secagg`` or ``he`` mode): a training round's updates
+(``number`` = the round) or the study's normalization statistics (``number`` = 0). Its public
+messages (key adverts, encrypted shares, masked-input headers, unmask responses, he commits)
+are rows of :class:`SecureMessage`; the running sum of masked inputs (secagg) and the
+encrypted chunks (he) are files next to the study's checkpoints (see
+:mod:`orchestrator.secure_rounds` and :mod:`orchestrator.he_rounds`). Nothing here is a
+site's plaintext. :class:`StudyKey` records the he key ceremony.
 """
 
 from django.db import models
@@ -20,6 +22,8 @@ class SecureSession(models.Model):
         SHARE = "share"
         MASK = "mask"
         UNMASK = "unmask"
+        UPLOAD = "upload"  # he mode: sites upload encrypted chunks and commit
+        DECRYPT = "decrypt"  # he mode: a key-holding site decrypts the aggregate
         DONE = "done"
         FAILED = "failed"
 
@@ -36,6 +40,9 @@ class SecureSession(models.Model):
     shared = models.JSONField(default=list, blank=True, help_text="U2")
     survivors = models.JSONField(default=list, blank=True, help_text="U3: masked inputs in the sum")
     dropped = models.JSONField(default=list, blank=True, help_text="U2 minus U3")
+    decryptors = models.JSONField(
+        default=list, blank=True, help_text="he mode: the sites asked to decrypt, in order"
+    )
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -56,6 +63,7 @@ class SecureMessage(models.Model):
         SHARES = "shares"
         MASKED = "masked"
         UNMASK = "unmask"
+        COMMIT = "commit"  # he mode: every chunk uploaded
 
     session = models.ForeignKey(SecureSession, on_delete=models.CASCADE, related_name="messages")
     phase = models.CharField(max_length=8, choices=Phase.choices)
@@ -71,3 +79,22 @@ class SecureMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.phase} of {self.site} in {self.session_id}"
+
+
+class StudyKey(models.Model):
+    """The ``he`` key ceremony of a study: who made the CKKS key and who has received it.
+
+    ``envelopes`` holds the sealed copies (site → base64 envelope, unreadable here) until each
+    is delivered; then it is emptied. The orchestrator never holds the secret key itself.
+    """
+
+    study = models.OneToOneField("orchestrator.Study", on_delete=models.CASCADE, related_name="he_key")
+    key_holder = models.CharField(max_length=63)
+    key_id = models.CharField(max_length=32)
+    envelopes = models.JSONField(default=dict, blank=True)
+    delivered = models.JSONField(default=list, blank=True)
+    done = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"CKKS key {self.key_id[:8]} of study {self.study_id} (holder {self.key_holder})"

@@ -52,6 +52,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -96,7 +97,7 @@ from privacy.strategies import ServerHParams, ServerState, aggregate, server_upd
 from webapp.protocol import Plan
 
 log = logging.getLogger(__name__)
-SECURE_MODES = ("secagg",)
+SECURE_MODES = ("secagg", "he")
 PHASE_SECONDS = float(os.environ.get("FEDSILO_SECAGG_PHASE_SECONDS", "120"))
 MAX_METRICS_BYTES = 16 * 1024
 Phase = SecureSession.Phase
@@ -124,16 +125,19 @@ def check_proposal(plan: Plan, n_sites: int) -> None:
     if plan.aggregation == "plain":
         return
     if plan.aggregation not in SECURE_MODES:
-        raise ServiceError(
-            f"aggregation mode {plan.aggregation!r} is not available yet; use 'plain' or 'secagg'"
-        )
+        raise ServiceError(f"unknown aggregation mode {plan.aggregation!r}; use plain, secagg or he")
     if n_sites < 2:
         raise ServiceError("secure aggregation needs at least 2 sites")
     per_round = min(n_sites, max(plan.min_sites, math.ceil(plan.fraction * n_sites)))
-    try:
+    try:  # the statistics go through secagg in both modes
+        SecAggParams(tuple(f"s{i}" for i in range(n_sites)), 1, plan.secure.clip, plan.secure.threshold)
         SecAggParams(tuple(f"s{i}" for i in range(per_round)), 1, plan.secure.clip, plan.secure.threshold)
     except ValueError as exc:
         raise ServiceError(f"secure aggregation with {per_round} sites per round: {exc}") from exc
+    if plan.aggregation == "he":
+        from orchestrator.he_rounds import check_he_proposal
+
+        check_he_proposal(plan, n_sites, per_round)
 
 
 # ----------------------------------------------------------------------------- sessions
@@ -164,7 +168,7 @@ def _update_encoding(study: Study) -> UpdateEncoding:
     )
 
 
-def _open(
+def open_session(
     study: Study, number: int, kind: str, sites: list[str], layout: dict, length: int, clip: float, deadline
 ) -> SecureSession | None:
     plan = engine.plan_of(study)
@@ -201,7 +205,7 @@ def _open(
     return session
 
 
-def _folder(session: SecureSession) -> Path:
+def session_folder(session: SecureSession) -> Path:
     path = checkpoints.study_dir(session.study_id) / "secure" / f"session-{session.number:05d}"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -210,7 +214,7 @@ def _folder(session: SecureSession) -> Path:
 @contextmanager
 def _sum_lock(session: SecureSession) -> Iterator[Path]:
     """Exclusive across processes: adding a masked input, closing the masked phase."""
-    folder = _folder(session)
+    folder = session_folder(session)
     with open(folder / "sum.lock", "a+b") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -235,7 +239,7 @@ def _write_sum(path: Path, total: np.ndarray, included: dict[str, str]) -> None:
 # ----------------------------------------------------------------------------- site messages
 
 
-def _session_for(site: Datasite, study_id: str, number: int) -> SecureSession:
+def session_for(site: Datasite, study_id: str, number: int) -> SecureSession:
     study = Study.objects.filter(pk=study_id).first()
     if study is None:
         raise NotFound(f"no study {study_id}")
@@ -254,7 +258,7 @@ def _session_for(site: Datasite, study_id: str, number: int) -> SecureSession:
     return session
 
 
-def _locked(session: SecureSession) -> SecureSession:
+def locked(session: SecureSession) -> SecureSession:
     return SecureSession.objects.select_for_update().get(pk=session.pk)
 
 
@@ -281,16 +285,16 @@ def _protocol(fn, *args):
         raise ServiceError(str(exc)) from exc
 
 
-def _messages(session: SecureSession, phase: str) -> dict[str, dict]:
+def messages(session: SecureSession, phase: str) -> dict[str, dict]:
     return dict(SecureMessage.objects.filter(session=session, phase=phase).values_list("site", "payload"))
 
 
-def _record(session: SecureSession, site: Datasite, phase: str, payload: dict) -> None:
+def record(session: SecureSession, site: Datasite, phase: str, payload: dict) -> None:
     SecureMessage.objects.update_or_create(
         session=session, phase=phase, site=site.name, defaults={"payload": payload}
     )
     audit.record(
-        f"secagg.{phase}_received",
+        f"{session.mode}.{phase}_received",
         f"node:{site.name}",
         f"study:{session.study_id}",
         {"round": session.number},
@@ -301,7 +305,7 @@ def setup(site: Datasite, study_id: str, number: int) -> dict:
     """``{"setup": ...}``: what a site needs to take part (session id, parameters, layout, the
     members' keys, its progress), or ``{"setup": None}`` while the session is not open yet."""
     try:
-        session = _session_for(site, study_id, number)
+        session = session_for(site, study_id, number)
     except NotFound:
         if Study.objects.filter(pk=study_id).exists():
             return {"setup": None}
@@ -340,36 +344,36 @@ def setup(site: Datasite, study_id: str, number: int) -> dict:
 
 def receive_advert(site: Datasite, study_id: str, number: int, data: object) -> None:
     """Phase 1. A site may replace its advert while the phase is open (nobody has seen it yet)."""
-    session = _session_for(site, study_id, number)
+    session = session_for(site, study_id, number)
     msg = _parse(KeyAdvert, data)
     _check_ids(session, site, msg.round_id, msg.site_id)
     with transaction.atomic():
-        session = _locked(session)
+        session = locked(session)
         if session.phase != Phase.ADVERTISE:
             raise Conflict("key advertisement is closed in this session")
         server = _server(session)
-        for name, payload in _messages(session, "advert").items():
+        for name, payload in messages(session, "advert").items():
             if name != site.name:
                 server.add_advert(KeyAdvert.from_dict(payload))
         _protocol(server.add_advert, msg)
-        _record(session, site, "advert", msg.to_dict())
+        record(session, site, "advert", msg.to_dict())
 
 
 def adverts(site: Datasite, study_id: str, number: int) -> dict:
-    session = _session_for(site, study_id, number)
+    session = session_for(site, study_id, number)
     if session.phase == Phase.ADVERTISE:
         return {"phase": session.phase, "adverts": None}
     if site.name not in session.advertised:
         raise Conflict(f"{site.name} did not advertise keys in time")
-    stored = _messages(session, "advert")
+    stored = messages(session, "advert")
     return {"phase": session.phase, "adverts": [stored[s] for s in session.advertised]}
 
 
 def _server_at_share(session: SecureSession, skip: str | None = None) -> SecAggServer:
     server = _server(session)
-    stored = _messages(session, "advert")
+    stored = messages(session, "advert")
     server.collect_adverts([KeyAdvert.from_dict(stored[s]) for s in session.advertised])
-    for name, payload in sorted(_messages(session, "shares").items()):
+    for name, payload in sorted(messages(session, "shares").items()):
         if name != skip:
             server.add_shares([EncryptedShare.from_dict(d) for d in payload["shares"]])
     return server
@@ -377,7 +381,7 @@ def _server_at_share(session: SecureSession, skip: str | None = None) -> SecAggS
 
 def receive_shares(site: Datasite, study_id: str, number: int, data: object) -> None:
     """Phase 2: one share for each other advertised site, encrypted for it (opaque here)."""
-    session = _session_for(site, study_id, number)
+    session = session_for(site, study_id, number)
     items = data.get("shares") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items or len(items) > 10_000:
         raise ServiceError("expected {'shares': [one EncryptedShare per receiver]}")
@@ -385,7 +389,7 @@ def receive_shares(site: Datasite, study_id: str, number: int, data: object) -> 
     for m in shares:
         _check_ids(session, site, m.round_id, m.sender)
     with transaction.atomic():
-        session = _locked(session)
+        session = locked(session)
         if session.phase != Phase.SHARE:
             raise Conflict(f"key sharing is not open (phase {session.phase})")
         if site.name not in session.advertised:
@@ -393,18 +397,18 @@ def receive_shares(site: Datasite, study_id: str, number: int, data: object) -> 
         if SecureMessage.objects.filter(session=session, phase="shares", site=site.name).exists():
             raise Conflict(f"{site.name} already sent its shares")
         _protocol(_server_at_share(session).add_shares, shares)
-        _record(session, site, "shares", {"shares": [m.to_dict() for m in shares]})
+        record(session, site, "shares", {"shares": [m.to_dict() for m in shares]})
 
 
 def shares_for(site: Datasite, study_id: str, number: int) -> dict:
-    session = _session_for(site, study_id, number)
+    session = session_for(site, study_id, number)
     if session.phase in (Phase.ADVERTISE, Phase.SHARE):
         return {"phase": session.phase, "shares": None}
     if site.name not in session.shared:
         raise Conflict(f"{site.name} did not share keys in time")
     routed = [
         d
-        for _, payload in sorted(_messages(session, "shares").items())
+        for _, payload in sorted(messages(session, "shares").items())
         for d in payload["shares"]
         if d["receiver"] == site.name
     ]
@@ -418,7 +422,7 @@ def masked_limit(study_id: str, number: int) -> int:
 
 def receive_masked(site: Datasite, study_id: str, number: int, blob: bytes) -> None:
     """Phase 3: add a masked input to the running sum; the input itself is not kept."""
-    session = _session_for(site, study_id, number)
+    session = session_for(site, study_id, number)
     try:
         msg = MaskedInput.from_bytes(blob)
     except ProtocolError as exc:
@@ -443,11 +447,11 @@ def receive_masked(site: Datasite, study_id: str, number: int, blob: bytes) -> N
         included[site.name] = base64.b64encode(msg.b_commitment).decode()
         _write_sum(path, total, included)
         with transaction.atomic():
-            _record(session, site, "masked", msg.header())
+            record(session, site, "masked", msg.header())
 
 
 def unmask_request(site: Datasite, study_id: str, number: int) -> dict:
-    session = _session_for(site, study_id, number)
+    session = session_for(site, study_id, number)
     if session.phase not in (Phase.UNMASK, Phase.DONE):
         return {"phase": session.phase, "request": None}
     if site.name not in session.survivors:
@@ -458,7 +462,7 @@ def unmask_request(site: Datasite, study_id: str, number: int) -> dict:
 
 def receive_unmask(site: Datasite, study_id: str, number: int, data: object) -> None:
     """Phase 4: a survivor's shares (b of survivors, s_sk of dropped sites) and its public metrics."""
-    session = _session_for(site, study_id, number)
+    session = session_for(site, study_id, number)
     if not isinstance(data, dict):
         raise ServiceError("expected {'response': UnmaskResponse, 'metrics': {...}}")
     msg = _parse(UnmaskResponse, data.get("response"))
@@ -467,7 +471,7 @@ def receive_unmask(site: Datasite, study_id: str, number: int, data: object) -> 
     if not isinstance(metrics, dict) or len(json.dumps(metrics)) > MAX_METRICS_BYTES:
         raise ServiceError("metrics must be a small JSON object")
     with transaction.atomic():
-        session = _locked(session)
+        session = locked(session)
         if session.phase != Phase.UNMASK:
             raise Conflict(f"unmask responses are not accepted now (phase {session.phase})")
         if site.name not in session.survivors:
@@ -481,7 +485,7 @@ def receive_unmask(site: Datasite, study_id: str, number: int, data: object) -> 
             raise ServiceError(
                 f"the response reveals shares it must not (b: {sorted(bad_b)}, s_sk: {sorted(bad_s)})"
             )
-        _record(session, site, "unmask", msg.to_dict())
+        record(session, site, "unmask", msg.to_dict())
         if session.kind == SecureSession.Kind.UPDATE:
             rnd = Round.objects.get(study_id=study_id, number=number)
             SiteUpdate.objects.get_or_create(
@@ -494,7 +498,7 @@ def receive_unmask(site: Datasite, study_id: str, number: int, data: object) -> 
 # ----------------------------------------------------------------------------- the engine step
 
 
-def _fail_session(session: SecureSession, reason: str) -> None:
+def fail_session(session: SecureSession, reason: str) -> None:
     SecureSession.objects.filter(pk=session.pk).update(phase=Phase.FAILED, error=reason)
     study = Study.objects.get(pk=session.study_id)
     if session.kind == SecureSession.Kind.UPDATE:
@@ -502,14 +506,17 @@ def _fail_session(session: SecureSession, reason: str) -> None:
             status=Round.Status.FAILED, finished_at=timezone.now()
         )
     engine._fail(study, f"secure aggregation of round {session.number} failed: {reason}")
-    _discard_sum(session)
+    discard_files(session)
 
 
-def _discard_sum(session: SecureSession) -> None:
-    (_folder(session) / "sum.safetensors").unlink(missing_ok=True)
+def discard_files(session: SecureSession) -> None:
+    """Delete what a session kept on disk: the masked sum (secagg), the chunks (he)."""
+    folder = session_folder(session)
+    (folder / "sum.safetensors").unlink(missing_ok=True)
+    shutil.rmtree(folder / "he", ignore_errors=True)
 
 
-def _gone(session: SecureSession) -> set[str]:
+def gone_sites(session: SecureSession) -> set[str]:
     """Sites known not to take part: refused the round or reported an error."""
     if session.kind != SecureSession.Kind.UPDATE:
         return set()
@@ -518,7 +525,7 @@ def _gone(session: SecureSession) -> set[str]:
     return set(rnd.dropped) | set(errors)
 
 
-def _move(session: SecureSession, phase: str, **fields) -> None:
+def move(session: SecureSession, phase: str, **fields) -> None:
     deadline = timezone.now() + timedelta(seconds=PHASE_SECONDS)
     SecureSession.objects.filter(pk=session.pk).update(phase=phase, phase_deadline=deadline, **fields)
     for key, value in fields.items():
@@ -539,35 +546,33 @@ def _advance(session: SecureSession) -> np.ndarray | None:
     order = {s: i for i, s in enumerate(params.sites)}
     late = timezone.now() >= session.phase_deadline
     if session.phase == Phase.ADVERTISE:
-        got = set(_messages(session, "advert"))
-        if set(params.sites) - _gone(session) <= got or late:
+        got = set(messages(session, "advert"))
+        if set(params.sites) - gone_sites(session) <= got or late:
             if len(got) < t:
-                return _fail_session(session, f"{len(got)} site(s) advertised keys, threshold is {t}")
-            _move(session, Phase.SHARE, advertised=sorted(got, key=order.get))
+                return fail_session(session, f"{len(got)} site(s) advertised keys, threshold is {t}")
+            move(session, Phase.SHARE, advertised=sorted(got, key=order.get))
     elif session.phase == Phase.SHARE:
-        got = set(_messages(session, "shares"))
+        got = set(messages(session, "shares"))
         if set(session.advertised) <= got or late:
             if len(got) < t:
-                return _fail_session(session, f"{len(got)} site(s) shared keys, threshold is {t}")
-            _move(session, Phase.MASK, shared=sorted(got, key=order.get))
+                return fail_session(session, f"{len(got)} site(s) shared keys, threshold is {t}")
+            move(session, Phase.MASK, shared=sorted(got, key=order.get))
     elif session.phase == Phase.MASK:
         with _sum_lock(session) as path:
             _, included = _read_sum(path)
             if set(session.shared) <= included.keys() or late:
                 if len(included) < t:
-                    return _fail_session(
-                        session, f"{len(included)} masked input(s) arrived, threshold is {t}"
-                    )
+                    return fail_session(session, f"{len(included)} masked input(s) arrived, threshold is {t}")
                 survivors = sorted(included, key=order.get)
                 dropped = sorted(set(session.shared) - set(included), key=order.get)
-                _move(session, Phase.UNMASK, survivors=survivors, dropped=dropped)
+                move(session, Phase.UNMASK, survivors=survivors, dropped=dropped)
     elif session.phase == Phase.UNMASK:
-        got = set(_messages(session, "unmask"))
+        got = set(messages(session, "unmask"))
         if set(session.survivors) <= got or late:
             try:
                 return _unmask(session)
             except (SecAggError, ValueError) as exc:
-                return _fail_session(session, str(exc))
+                return fail_session(session, str(exc))
     return None
 
 
@@ -575,7 +580,7 @@ def _unmask(session: SecureSession) -> np.ndarray:
     """Rebuild the server from the stored messages and the running sum; remove the masks."""
     server = _server_at_share(session)
     server.route_shares()
-    total, included = _read_sum(_folder(session) / "sum.safetensors")
+    total, included = _read_sum(session_folder(session) / "sum.safetensors")
     if total is None or sorted(included) != sorted(session.survivors):
         raise ProtocolError("the running sum does not match the recorded survivors")
     zero = np.broadcast_to(np.uint32(0), total.shape)  # the sum already holds every input
@@ -586,16 +591,20 @@ def _unmask(session: SecureSession) -> np.ndarray:
     request = server.unmask_request()
     if list(request.survivors) != session.survivors or list(request.dropped) != session.dropped:
         raise ProtocolError("the rebuilt unmask request differs from the one sent")
-    responses = [UnmaskResponse.from_dict(p) for _, p in sorted(_messages(session, "unmask").items())]
+    responses = [UnmaskResponse.from_dict(p) for _, p in sorted(messages(session, "unmask").items())]
     return server.finish(responses)
 
 
 def drive(study: Study, rnd: Round) -> None:
     """One engine step of a secure training round (called by ``engine._drive_round``)."""
+    if engine.plan_of(study).aggregation == "he":
+        from orchestrator import he_rounds
+
+        return he_rounds.drive(study, rnd)
     session = SecureSession.objects.filter(study=study, number=rnd.number).first()
     if session is None:
         enc = _update_encoding(study)
-        session = _open(
+        session = open_session(
             study,
             rnd.number,
             SecureSession.Kind.UPDATE,
@@ -624,25 +633,43 @@ def drive(study: Study, rnd: Round) -> None:
     if session.phase != before:
         engine._set(study, phase=f"secagg:{session.phase}")
     if result is not None:
-        _close_round(study, rnd, session, result)
+        survivors = list(session.survivors)
+        params = _params(session)
+        summed = params.dequantize_sum(result, len(survivors))
+        del result
+        close_round(
+            study,
+            rnd,
+            session,
+            summed,
+            {
+                "threshold": params.threshold,
+                "survivors": survivors,
+                "dropped_after_sharing": list(session.dropped),
+                "advertised": list(session.advertised),
+            },
+        )
 
 
-def _close_round(study: Study, rnd: Round, session: SecureSession, q_sum: np.ndarray) -> None:
+def close_round(study: Study, rnd: Round, session: SecureSession, summed: np.ndarray, secure: dict) -> None:
+    """Apply a secure round's decoded float sum (``UpdateEncoding`` form) and finish the round."""
     plan = engine.plan_of(study)
     survivors = list(session.survivors)
     if len(survivors) < plan.min_sites:
-        return _fail_session(session, f"{len(survivors)} site(s) in the sum, the plan needs {plan.min_sites}")
-    params = _params(session)
-    summed, scalars = _update_encoding(study).decode(params.dequantize_sum(q_sum, len(survivors)))
-    del q_sum
-    avg = aggregate(summed, scalars, plan.strategy)
+        return fail_session(session, f"{len(survivors)} site(s) in the sum, the plan needs {plan.min_sites}")
+    try:
+        arrays, scalars = _update_encoding(study).decode(summed)
+    except EncodingError as exc:
+        return fail_session(session, f"the sum does not decode: {exc}")
     del summed
+    avg = aggregate(arrays, scalars, plan.strategy)
+    del arrays
     weights, state = checkpoints.load(study.pk, rnd.number - 1)
     new_weights, new_state = server_update(
         plan.strategy, weights, avg, state, ServerHParams.from_dict(plan.server)
     )
     checkpoints.save(study.pk, rnd.number, new_weights, new_state)
-    _discard_sum(session)
+    discard_files(session)
     ok = {
         u.datasite.name: u
         for u in rnd.updates.select_related("datasite")
@@ -650,13 +677,7 @@ def _close_round(study: Study, rnd: Round, session: SecureSession, q_sum: np.nda
     }
     metrics = {**rnd.metrics, **engine._round_metrics(ok)}
     metrics.pop("num_examples", None)  # hidden in the secure sum
-    metrics["secure"] = {
-        "mode": session.mode,
-        "threshold": params.threshold,
-        "survivors": survivors,
-        "dropped_after_sharing": list(session.dropped),
-        "advertised": list(session.advertised),
-    }
+    metrics["secure"] = {"mode": session.mode, **secure}
     dropped = sorted(set(rnd.participants) - set(survivors))
     with transaction.atomic():
         SecureSession.objects.filter(pk=session.pk).update(phase=Phase.DONE)
@@ -684,6 +705,11 @@ def prepare(study: Study) -> None:
         if result is None or not _finish_stats(study, session, result):
             return
         study.refresh_from_db()
+    if engine.plan_of(study).aggregation == "he":
+        from orchestrator import he_rounds
+
+        if not he_rounds.ceremony(study):
+            return
     with SiteClient(sites[0].datasite) as client:
         try:
             weights = from_bytes(client.initial_weights(study.pk, study.norm_stats))
@@ -720,7 +746,7 @@ def _open_stats(study: Study, sites: list[StudySite], names: list[str]) -> None:
         engine._fail(study, f"malformed statistics layout: {exc}")
         return
     deadline = timezone.now() + timedelta(seconds=engine.plan_of(study).round_timeout_s)
-    _open(
+    open_session(
         study,
         0,
         SecureSession.Kind.STATS,
@@ -739,10 +765,10 @@ def _finish_stats(study: Study, session: SecureSession, q_sum: np.ndarray) -> bo
         mins, maxs = bounds_from_moments(summed)
         pooled = from_moments(summed, mins, maxs)
     except (EncodingError, ValueError) as exc:
-        _fail_session(session, f"pooled statistics: {exc}")
+        fail_session(session, f"pooled statistics: {exc}")
         return False
     norm_stats = {k: {n: np.asarray(v).tolist() for n, v in by.items()} for k, by in pooled.items()}
-    _discard_sum(session)
+    discard_files(session)
     with transaction.atomic():
         SecureSession.objects.filter(pk=session.pk).update(phase=Phase.DONE)
         audit.record(

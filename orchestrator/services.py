@@ -6,6 +6,7 @@ what the API calls. Every refusal is an :class:`ServiceError` carrying its HTTP 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from django.conf import settings
@@ -16,6 +17,7 @@ from compliance import audit
 from orchestrator import checkpoints
 from orchestrator.models import Datasite, Round, SiteUpdate, Study, StudySite
 from orchestrator.tensors import TensorError, check, expected_bytes, from_bytes
+from privacy.robust import check_strategy, min_updates
 from privacy.strategies import ServerHParams
 from webapp.errors import Conflict, NotFound, ServiceError, TooLarge
 from webapp.protocol import CodeBundle, Plan, RoundUpload, bundle_sha256, plan_sha256
@@ -31,6 +33,7 @@ def propose(researcher, title: str, code: CodeBundle, plan: Plan, datasets: dict
         raise ServiceError(f"not joined datasites: {', '.join(unknown)}")
     if plan.min_sites > len(datasets):
         raise ServiceError(f"min_sites={plan.min_sites} but only {len(datasets)} sites are named")
+    _check_robust(plan, len(datasets))
     if plan.aggregation != "plain":  # --- secure aggregation: checks in orchestrator.secure_rounds ---
         from orchestrator.secure_rounds import check_proposal
 
@@ -62,6 +65,27 @@ def propose(researcher, title: str, code: CodeBundle, plan: Plan, datasets: dict
             },
         )
     return study
+
+
+def _check_robust(plan: Plan, n_sites: int) -> None:
+    """Refuse robust aggregation that cannot run: outside plain mode, with FedNova, or with
+    fewer sites per round than the rule needs to tolerate ``f`` Byzantine ones."""
+    robust = plan.robust
+    if robust.method == "none":
+        return
+    if plan.aggregation != "plain":
+        raise ServiceError("robust aggregation needs every update in the clear; only plain mode allows it")
+    try:
+        check_strategy(plan.strategy, robust.method)
+    except ValueError as exc:
+        raise ServiceError(str(exc)) from exc
+    per_round = min(n_sites, max(plan.min_sites, math.ceil(plan.fraction * n_sites)))
+    need = min_updates(robust.method, robust.f, robust.multikrum_m)
+    if per_round < need:
+        raise ServiceError(
+            f"robust aggregation {robust.method} with f={robust.f} needs at least {need} sites per round, "
+            f"this plan has {per_round}"
+        )
 
 
 def get_study(study_id: str, user=None) -> Study:

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET
 from compliance import audit
 from orchestrator import plots, services
 from orchestrator.models import Datasite, Study
+from webapp.protocol import RobustPlan
 from webapp.roles import NODE_ADMIN, RESEARCHER, has_role, role_required
 
 READERS = (RESEARCHER, NODE_ADMIN)
@@ -30,6 +31,7 @@ PLAN_ROWS = (
     ("Strategy", lambda p: p.get("strategy")),
     ("FedProx μ", lambda p: p.get("mu")),
     ("Aggregation", lambda p: p.get("aggregation")),
+    ("Robust aggregation", lambda p: RobustPlan.model_validate(p.get("robust") or {}).describe()),
     ("Minimum sites", lambda p: p.get("min_sites")),
     ("DP", lambda p: _dp_text(p.get("dp") or {})),
     ("Purpose", lambda p: p.get("purpose")),

@@ -151,10 +151,11 @@ class DPPlan(Pinned):
 
 
 class SecurePlan(Pinned):
-    """Secure-aggregation settings (``secagg`` mode; see :mod:`privacy.secure_vector`).
+    """Secure-aggregation settings (``secagg`` and ``he`` modes; see :mod:`privacy.secure_vector`).
 
-    ``clip``: each coordinate of a site's update Δ is clipped to [-clip, clip] before it is
-    quantized into the ring (values beyond are clipped, the count is reported).
+    ``clip``: each coordinate of a site's pre-weighted update is clipped to [-clip, clip]
+    before it is quantized into the ring or encrypted (values beyond are clipped, the count
+    is reported; ``he`` needs clip <= 8192).
     ``threshold``: Shamir threshold t (default ⌊n/2⌋+1 of the round's n sites); up to n−t
     sites may drop after sharing keys. ``max_weight``: a site's example count is clipped to
     this public bound and divided by it, so that pre-weighted updates stay in range; set it
@@ -164,6 +165,46 @@ class SecurePlan(Pinned):
     clip: float = Field(default=1.0, gt=0, le=1e6)
     threshold: int | None = Field(default=None, ge=2, le=10_000)
     max_weight: float = Field(default=100_000.0, ge=1, le=1e12)
+
+
+class RobustPlan(Pinned):
+    """Byzantine-robust aggregation, ``plain`` mode only (see :mod:`privacy.robust`).
+
+    ``method``: ``none`` (the strategy's weighted mean), ``krum``, ``multikrum``,
+    ``trimmed_mean`` or ``median`` (coordinate-wise). ``f``: the Byzantine sites a round
+    tolerates (the trimmed mean drops the f largest and f smallest values per coordinate;
+    Krum needs n ≥ 2f+3 sites, the others n ≥ 2f+1). ``multikrum_m``: how many best-scored
+    updates Multi-Krum averages (default n − f). Sites count equally, not by example count.
+    The plan serializes this only when ``method`` is not ``none``, so plans without it keep
+    their hashes.
+    """
+
+    method: str = Field(default="none", pattern=r"^(none|krum|multikrum|trimmed_mean|median)$")
+    f: int = Field(default=0, ge=0, le=1000)
+    multikrum_m: int | None = Field(default=None, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RobustPlan":
+        if self.method == "none" and (self.f or self.multikrum_m is not None):
+            raise ValueError("f and multikrum_m need a robust method")
+        if self.multikrum_m is not None and self.method != "multikrum":
+            raise ValueError("multikrum_m is a multikrum setting")
+        if self.method == "trimmed_mean" and self.f == 0:
+            raise ValueError("trimmed_mean with f=0 trims nothing: set f >= 1")
+        return self
+
+    def describe(self) -> str:
+        """One line for people reviewing the plan."""
+        if self.method == "none":
+            return "none: the strategy's weighted mean of all updates"
+        f, m = self.f, self.multikrum_m or "n − f"
+        rule = {
+            "krum": "Krum: keeps the one update closest to the others",
+            "multikrum": f"Multi-Krum: the mean of the {m} updates closest to the others",
+            "trimmed_mean": f"coordinate-wise trimmed mean without the {f} largest and {f} smallest values",
+            "median": "coordinate-wise median",
+        }[self.method]
+        return f"{rule}; tolerates {f} Byzantine site(s) per round, each site counting once"
 
 
 class Plan(Pinned):
@@ -177,14 +218,16 @@ class Plan(Pinned):
     strategy: str = Field(default="fedavg", pattern=r"^(fedavg|fedprox|fedavgm|fedadam|fedyogi|fednova)$")
     server: dict = Field(default_factory=dict, description="server-side strategy hyperparameters")
     dp: DPPlan = Field(default_factory=DPPlan)
-    aggregation: str = Field(default="plain", pattern=r"^(plain|secagg|he)$")
+    aggregation: str = Field(default="secagg", pattern=r"^(plain|secagg|he)$")
     min_sites: int = Field(default=1, ge=1)
     fraction: float = Field(default=1.0, gt=0, le=1)
     holdout_fraction: float = Field(default=0.2, ge=0, lt=1)
     purpose: str = Field(default="policy-training", pattern=PURPOSE_PATTERN)
     seed: int = Field(default=0, ge=0, lt=2**31)
     round_timeout_s: float = Field(default=1800, gt=0, le=7 * 86400)
-    secure: SecurePlan = Field(default_factory=SecurePlan)  # used by secagg mode only
+    secure: SecurePlan = Field(default_factory=SecurePlan)  # used by the secagg and he modes
+    # plain mode only; left out of the canonical JSON (so of the hash) while method is "none"
+    robust: RobustPlan = Field(default_factory=RobustPlan, exclude_if=lambda r: r.method == "none")
 
 
 class CodeRequestIn(BaseModel):

@@ -84,7 +84,14 @@ fresh samples, so a datasite must decrypt at most one aggregate per round (the c
 enforces this). `flood_std=0` disables flooding, for local tests only.
 """
 
-from .ceremony import KeyCeremony, create_key_ceremony, open_secret_context, seal_secret_context
+from .ceremony import (
+    KeyCeremony,
+    create_key_ceremony,
+    open_secret_context,
+    seal_secret_context,
+    sign_recipient_key,
+    verify_recipient_key,
+)
 from .context import (
     COEFF_MOD_BIT_SIZES,
     FLOOD_COEFF_STD,
@@ -138,5 +145,7 @@ __all__ = [
     "public_context_bytes",
     "read_chunk_header",
     "seal_secret_context",
+    "sign_recipient_key",
     "sum_contributions",
+    "verify_recipient_key",
 ]

@@ -222,3 +222,57 @@ def create_key_ceremony(
         envelopes=envelopes,
     )
     return ceremony, secret
+
+
+_STATEMENT_DOMAIN = b"fedsilo/he/recipient-key/v1\x00"
+
+
+def _statement_body(study_id: str, site: str, kex_key: bytes) -> bytes:
+    return _STATEMENT_DOMAIN + json.dumps(
+        {"study_id": study_id, "site": site, "kex_key": kex_key.hex()}, sort_keys=True, separators=(",", ":")
+    ).encode()
+
+
+def sign_recipient_key(
+    study_id: str, site: str, kex_public_key: X25519PublicKey | bytes, signing_key: Ed25519PrivateKey
+) -> dict[str, str]:
+    """A datasite's signed statement of the X25519 key the study's key must be sealed to.
+
+    The key holder checks it with `verify_recipient_key` against the site's Ed25519 key
+    from its own pinned registry, so the relaying orchestrator cannot slip in a key of its
+    own and receive the secret key.
+    """
+    raw = _raw_public(kex_public_key, "X25519")
+    body = _statement_body(_check_name(study_id, "study_id"), _check_name(site, "site"), raw)
+    return {
+        "study_id": study_id,
+        "site": site,
+        "kex_key": raw.hex(),
+        "signature": signing_key.sign(body).hex(),
+    }
+
+
+def verify_recipient_key(
+    statement: Mapping[str, str], *, study_id: str, site: str, signer_public_key: Ed25519PublicKey | bytes
+) -> bytes:
+    """The raw X25519 key of a `sign_recipient_key` statement, or `HEError` if it is not
+    `site`'s statement for `study_id` under `signer_public_key`."""
+    try:
+        raw = bytes.fromhex(statement["kex_key"])
+        signature = bytes.fromhex(statement["signature"])
+        claimed = (statement["study_id"], statement["site"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise HEError("malformed recipient key statement") from exc
+    if claimed != (study_id, site):
+        raise HEError(
+            f"the key statement is {claimed[1]!r}'s for {claimed[0]!r}, expected {site!r}'s for {study_id!r}"
+        )
+    if len(raw) != 32:
+        raise HEError("the recipient key must be 32 bytes")
+    try:
+        Ed25519PublicKey.from_public_bytes(_raw_public(signer_public_key, "Ed25519")).verify(
+            signature, _statement_body(study_id, site, raw)
+        )
+    except InvalidSignature as exc:
+        raise HEError(f"{site!r}'s key statement does not verify under its pinned signing key") from exc
+    return raw

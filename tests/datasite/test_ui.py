@@ -304,6 +304,7 @@ def test_request_page_shows_code_plan_projection_and_consent(world):
         "Privacy unit",
         "Frames per episode",
         "Aggregation",
+        "Robust aggregation",
         "Sites",
         "Purpose",
     ):

@@ -37,7 +37,7 @@ def test_two_round_study_on_redis_backed_workers(tmp_path, so100_sources):
             s.name: prepare_site(s, src) for s, src in zip(cluster.datasites, so100_sources, strict=True)
         }
         with Client(cluster.orchestrator.url, researcher_token(cluster.orchestrator)) as client:
-            study = propose_tiny_study(client, names, rounds=2)
+            study = propose_tiny_study(client, names, rounds=2, aggregation="plain")
             for site in cluster.datasites:
                 approve_when_asked(site, owners[site.name], study.id)
             assert study.wait(timeout=600)["status"] == "finished"
@@ -59,7 +59,7 @@ def test_worker_killed_mid_task_is_redelivered_and_charges_once(tmp_path, so100_
         site = cluster.datasites[0]
         owner = prepare_site(site, so100_sources[0])
         with Client(cluster.orchestrator.url, researcher_token(cluster.orchestrator)) as client:
-            study = propose_tiny_study(client, names, rounds=1, local_steps=40)
+            study = propose_tiny_study(client, names, rounds=1, local_steps=40, aggregation="plain")
             approve_when_asked(site, owner, study.id)
             headers = {"Authorization": f"Bearer {owner}"}
             deadline = time.monotonic() + 300

@@ -24,7 +24,7 @@ def test_two_round_study_over_http(tmp_path, so100_sources):
             s.name: prepare_site(s, src) for s, src in zip(cluster.datasites, so100_sources, strict=True)
         }
         with Client(cluster.orchestrator.url, researcher_token(cluster.orchestrator)) as client:
-            study = propose_tiny_study(client, ["site-a", "site-b"], rounds=2)
+            study = propose_tiny_study(client, ["site-a", "site-b"], rounds=2, aggregation="plain")
             for site in cluster.datasites:
                 decision = approve_when_asked(site, owners[site.name], study.id)
                 assert decision["status"] == "approved" and decision["decided_by"] == "owner"

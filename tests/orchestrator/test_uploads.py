@@ -34,7 +34,7 @@ def running(settings, tmp_path, django_user_model):
         researcher=rita,
         code={},
         code_sha256="0" * 64,
-        plan={"rounds": 3},
+        plan={"rounds": 3, "aggregation": "plain"},
         plan_sha256="1" * 64,
         status="running",
         current_round=1,
