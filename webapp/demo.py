@@ -4,7 +4,8 @@ One orchestrator and three datasites, each its own ``runnode`` process with its 
 database and data folder; they talk HTTP only. Each site generates non-IID SO-100 data
 (lab-a, lab-b, lab-c profiles), registers it with a privacy budget and records its
 contributors' consent. A researcher proposes an ``act-small`` FedProx study with
-episode-level DP; each data owner approves it through the API, as themselves. The study runs,
+episode-level DP and secure aggregation (``--aggregation``: secagg by default, he or plain);
+each data owner approves it through the API, as themselves. The study runs,
 and the demo prints a per-round table and writes the final model, metrics and a loss plot.
 
 With ``CELERY_BROKER_URL`` set (Redis or RabbitMQ), every site also runs a Celery worker on
@@ -144,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-steps", type=int, default=12)
     parser.add_argument("--noise", type=float, default=1.0, help="DP noise multiplier σ")
     parser.add_argument("--image-size", default="48x64")
+    parser.add_argument(
+        "--aggregation",
+        choices=("secagg", "he", "plain"),
+        default="secagg",
+        help="secagg: pairwise masking (default); he: CKKS; plain: updates in the clear",
+    )
     args = parser.parse_args(argv)
     from orchestrator.client import Client
 
@@ -186,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                 lr=3e-4,
                 min_sites=3,
                 round_timeout_s=600,
+                aggregation=args.aggregation,
+                # pre-weighted update values lie far inside ±0.05; weights up to 2000 frames
+                secure={"clip": 0.05, "max_weight": 2000.0},
                 dp={
                     "noise_multiplier": args.noise,
                     "clip_norm": 1.0,
@@ -193,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
                     "frames_per_episode": 4,
                 },
             )
-            print(f"\nthe researcher proposed study {study.id}; the data owners review it:")
+            print(
+                f"\nthe researcher proposed study {study.id} ({args.aggregation} aggregation); "
+                "the data owners review it:"
+            )
             for site in sites:
                 decision = _approve(site, owners[site.name], study.id)
                 print(
@@ -205,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
             rounds = study.metrics()
             names = [s.name for s in sites]
             print("\n" + _table(rounds, names))
+            for r in rounds:
+                if r.get("secure"):
+                    sec = r["secure"]
+                    print(
+                        f"  round {r['round']}: the orchestrator saw only the {sec['mode']} sum of "
+                        f"{', '.join(sec['survivors'])}"
+                    )
             study.download_model(out / "model.safetensors")
             (out / "metrics.json").write_text(
                 json.dumps({"study": study.status(), "rounds": rounds}, indent=2)
