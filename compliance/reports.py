@@ -67,13 +67,15 @@ SECTION_TITLES = {
 RECEIVES = {
     "secagg": "only the sum of the sites' updates (pairwise-masked secure aggregation); "
     "no individual update",
-    "he": "only CKKS ciphertexts of the updates and their encrypted sum; it holds no secret key",
+    "he": "CKKS ciphertexts of the updates and the sum decrypted by one datasite; "
+    "it holds no secret key (every participating datasite holds the whole key)",
     "plain": "this site's individual update (clipped and DP-noised) in the clear; "
     "allowed only where every data owner agreed",
 }
 ENCRYPTION = {
     "secagg": "secure aggregation: X25519 key agreement, HKDF, AES-GCM for Shamir shares, pairwise masks",
-    "he": "homomorphic encryption: CKKS (TenSEAL); secret key held only by the datasites",
+    "he": "homomorphic encryption: CKKS (TenSEAL), key sealed to each datasite with X25519, "
+    "HKDF and AES-GCM; secret key held only by the datasites",
     "plain": "plain aggregation: updates are not encrypted beyond transport",
 }
 
