@@ -330,7 +330,8 @@ def make_study(n: int, names: list[str], weights, rounds: int, local_steps: int)
     from webapp.protocol import CodeBundle, DPPlan, Plan
 
     researcher, _ = get_user_model().objects.get_or_create(username="researcher")
-    plan = Plan(rounds=rounds, local_steps=local_steps, strategy="fedavg", min_sites=n, fraction=1.0, aggregation="plain",
+    plan = Plan(rounds=rounds, local_steps=local_steps, strategy="fedavg", min_sites=n, fraction=1.0,
+                aggregation="plain",
                 dp=DPPlan(enabled=False), round_timeout_s=3600)
     code = CodeBundle(recipe=RECIPE, config={})
     study = services.propose(researcher, f"round overhead, {n} sites", code, plan,

@@ -30,7 +30,7 @@ from . import keys, shamir
 from .errors import ProtocolError, SignatureError, ThresholdError
 from .graph import degree, neighbour_graph
 from .messages import EncryptedShare, KeyAdvert, MaskedInput, UnmaskRequest, UnmaskResponse
-from .prg import apply_masks
+from .prg import apply_masks, mask_vector
 from .quantize import dequantize_sum, quantize
 
 _MAX_ID = 256
@@ -265,9 +265,7 @@ class SecAggClient(_Party):
         self._expect("mask")
         if self._mask is not None:
             raise ProtocolError("the mask is already computed")
-        masks = self._accept_shares(received_shares)
-        mask = np.zeros(self.params.vector_length, dtype=np.uint32)
-        self._mask = apply_masks(mask, masks)
+        self._mask = mask_vector(self.params.vector_length, self._accept_shares(received_shares))
 
     def masked_input(
         self, vector: np.ndarray, received_shares: Iterable[EncryptedShare] | None = None
@@ -370,7 +368,7 @@ class SecAggServer(_Party):
 
     `site_keys` (long-term Ed25519 public keys) is optional: clients always verify the
     adverts; with it the server also rejects forged adverts before broadcasting them.
-    Memory: one running uint32 sum of vector_length words plus O(1 MiB) while unmasking.
+    Memory: one running uint32 sum of vector_length words plus O(256 KiB) while unmasking.
     """
 
     def __init__(

@@ -43,16 +43,26 @@ def quantize(x: np.ndarray, clip: float, n_sites: int, rng: np.random.Generator 
     if not np.issubdtype(src.dtype, np.number) or np.iscomplexobj(src):
         raise ValueError("quantize expects a real numeric array")
     out = np.empty(src.shape[0], dtype=np.uint32)
+    # Levels are < 2^31, so they are written through an int32 view: numpy converts
+    # float64 -> int32 with SIMD, float64 -> uint32 element by element (~2.5x slower).
+    out_i32 = out.view(np.int32)
     buf = np.empty(min(_CHUNK, src.shape[0]), dtype=np.float64)
+    # the finiteness fast path sums the input in its own dtype where that is exact enough
+    # to detect NaN/inf (float32/float64: a finite sum proves all finite); integers are finite
+    native_sum = src.dtype in (np.float32, np.float64)
+    check = native_sum or np.issubdtype(src.dtype, np.inexact)
+    lo, hi = np.float64(-clip), np.float64(clip)
     with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, src.shape[0], _CHUNK):
             stop = min(src.shape[0], start + _CHUNK)
+            chunk = src[start:stop]
             b = buf[: stop - start]
-            np.copyto(b, src[start:stop], casting="unsafe")
-            # fast path: a finite sum proves all finite; else check exactly (huge values overflow)
-            if not np.isfinite(b.sum()) and not np.isfinite(b).all():
-                raise ValueError("quantize: input contains NaN or infinite values")
-            np.clip(b, -clip, clip, out=b)
+            if check:
+                # fast path: a finite sum proves all finite; else check exactly (huge values overflow)
+                total = chunk.sum() if native_sum else np.add.reduce(chunk, dtype=np.float64)
+                if not np.isfinite(total) and not np.isfinite(chunk).all():
+                    raise ValueError("quantize: input contains NaN or infinite values")
+            np.clip(chunk, lo, hi, out=b)  # float64 arithmetic: the cast is fused into the clip
             b += clip
             b *= scale
             if rng is None:
@@ -61,7 +71,7 @@ def quantize(x: np.ndarray, clip: float, n_sites: int, rng: np.random.Generator 
                 b += rng.random(b.shape[0])
                 np.floor(b, out=b)
                 np.minimum(b, levels, out=b)
-            np.copyto(out[start:stop], b, casting="unsafe")
+            np.copyto(out_i32[start:stop], b, casting="unsafe")
     return out.reshape(np.shape(x))
 
 
@@ -70,8 +80,19 @@ def dequantize_sum(q_sum: np.ndarray, clip: float, n_sites: int, n_summed: int) 
     if not 0 <= n_summed <= n_sites:
         raise ValueError("n_summed must be between 0 and n_sites")
     step = quantization_step(clip, n_sites)
-    out = np.multiply(q_sum, step, dtype=np.float64)
-    out -= n_summed * clip
+    offset = n_summed * clip
+    src = np.asarray(q_sum)
+    if src.ndim == 0:
+        return np.multiply(src, step, dtype=np.float64) - offset
+    src = np.ascontiguousarray(src)
+    out = np.empty(src.shape, dtype=np.float64)
+    flat_src, flat_out = src.reshape(-1), out.reshape(-1)  # views: both are contiguous
+    # by chunks, so each float64 chunk is still in cache for the multiply and the subtract
+    for start in range(0, flat_out.shape[0], _CHUNK):
+        o = flat_out[start : start + _CHUNK]
+        np.copyto(o, flat_src[start : start + _CHUNK], casting="unsafe")
+        o *= step
+        o -= offset
     return out
 
 

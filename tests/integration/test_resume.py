@@ -43,7 +43,9 @@ def test_sigkill_resume_equals_uninterrupted_run(tmp_path, so100_sources):
         orch = cluster.orchestrator
         token = researcher_token(orch)
         with Client(orch.url, token) as client:
-            crashed = propose_tiny_study(client, SITES, rounds=3, title="crashed", local_steps=4, aggregation="plain")
+            crashed = propose_tiny_study(
+                client, SITES, rounds=3, title="crashed", local_steps=4, aggregation="plain"
+            )
             for site in cluster.datasites:
                 approve_when_asked(site, owners[site.name], crashed.id)
             deadline = time.monotonic() + 300
@@ -62,7 +64,9 @@ def test_sigkill_resume_equals_uninterrupted_run(tmp_path, so100_sources):
             rounds = resumed.metrics()
             assert [r["round"] for r in rounds] == [1, 2, 3, 4]
 
-            clean = propose_tiny_study(client, SITES, rounds=3, title="uninterrupted", local_steps=4, aggregation="plain")
+            clean = propose_tiny_study(
+                client, SITES, rounds=3, title="uninterrupted", local_steps=4, aggregation="plain"
+            )
             for site in cluster.datasites:
                 approve_when_asked(site, owners[site.name], clean.id)
             assert clean.wait(timeout=600)["status"] == "finished"

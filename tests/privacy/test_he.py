@@ -147,11 +147,50 @@ def test_weighted_average_of_identical_updates_is_the_update(fed: Federation) ->
     assert np.max(np.abs(got - update)) < 1e-8
 
 
-def test_ciphertext_size_is_about_32_bytes_per_value(fed: Federation) -> None:
+def test_ciphertext_size_is_about_16_bytes_per_value_seeded_32_otherwise(fed: Federation) -> None:
     n = 4 * CV
-    frames = list(he.encrypt_stream(fed.secrets["alpha"], np.ones(n), weight=0.5, chunk_values=CV))
-    per_value = sum(map(len, frames)) / n
-    assert 32.0 <= per_value < 32.1
+    layout = {"key_id": fed.ceremony.key_id, "total_values": n, "chunk_values": CV}
+    sizes = {}
+    for seeded in (True, False):
+        frames = list(
+            he.encrypt_stream(fed.secrets["alpha"], np.ones(n), weight=0.5, chunk_values=CV, seeded=seeded)
+        )
+        sizes[seeded] = sum(map(len, frames)) / n
+        for index, frame in enumerate(frames):
+            he.check_contribution(frame, chunk_index=index, **layout)
+    assert 16.0 <= sizes[True] < 16.1  # c0 and the 64-byte seed of c1
+    assert 32.0 <= sizes[False] < 32.1
+    # sums of seeded ciphertexts are full-size ciphertexts
+    aggregate = _aggregate(fed, [np.ones(n)] * 3, [0.5, 0.25, 0.25])
+    assert 32.0 <= sum(map(len, aggregate)) / n < 32.1
+
+
+def test_seeded_part_is_what_tenseal_serialize_writes_for_the_same_ciphertext(fed: Federation) -> None:
+    """`_ckks_vector_blob` reproduces TenSEAL's CKKSVectorProto byte for byte."""
+    tctx = fed.secrets["alpha"].context.data
+    buffer = stream._SaveBuffer()
+    try:
+        for n in (1, 77, he.SLOTS):
+            vec = stream._CKKSVector(tctx, np.linspace(-1, 1, n).tolist())
+            seal_bytes = buffer.save(vec.ciphertext()[0])
+            assert stream._ckks_vector_blob(n, seal_bytes) == vec.serialize()
+    finally:
+        buffer.close()
+
+
+def test_seeded_and_full_size_contributions_sum_together(fed: Federation) -> None:
+    n = 2 * CV + 123
+    vectors, weights = _updates(n, seed=3)
+    acc = he.CiphertextAccumulator(
+        fed.ceremony.public_context, n, key_id=fed.ceremony.key_id, chunk_values=CV
+    )
+    for site, vec, w, seeded in zip(SITES, vectors, weights, (True, False, True), strict=True):
+        frames = he.encrypt_stream(fed.secrets[site], vec, weight=w, chunk_values=CV, seeded=seeded)
+        for index, frame in enumerate(frames):
+            acc.add(site, index, frame)
+    got = he.decrypt_stream(fed.secrets["beta"], acc.export(), n, flood_std=0.0)
+    want = sum(w * v for w, v in zip(weights, vectors, strict=True))
+    assert np.max(np.abs(got - want)) < 1e-8
 
 
 def test_flooding_noise_is_deterministic_and_of_the_documented_size(fed: Federation) -> None:
@@ -429,6 +468,73 @@ def test_encrypt_stream_checks_the_late_chunks_before_yielding(fed: Federation) 
         he.encrypt_stream(fed.ceremony.public_context, vec[:10], weight=1.0)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("seeded", [True, False])
+def test_worker_processes_give_the_same_frames_in_order(fed: Federation, seeded: bool) -> None:
+    n = 5 * CV - 9
+    vectors, weights = _updates(n, seed=21)
+    layout = {"key_id": fed.ceremony.key_id, "total_values": n, "chunk_values": CV}
+    frames = {
+        site: list(
+            he.encrypt_stream(
+                fed.secrets[site], v, weight=w, chunk_values=CV, workers=2, seeded=seeded
+            )
+        )
+        for site, v, w in zip(SITES, vectors, weights, strict=True)
+    }
+    for site in SITES:
+        assert [he.read_chunk_header(f).chunk_index for f in frames[site]] == list(range(5))
+        for index, frame in enumerate(frames[site]):
+            he.check_contribution(frame, chunk_index=index, **layout)
+    sequential = list(
+        he.encrypt_stream(fed.secrets["alpha"], vectors[0], weight=weights[0], chunk_values=CV, seeded=seeded)
+    )
+    assert list(map(len, sequential)) == list(map(len, frames["alpha"]))
+    aggregate = [
+        he.sum_contributions([frames[s][i] for s in SITES], chunk_index=i, **layout) for i in range(5)
+    ]
+    got = he.decrypt_stream(fed.secrets["gamma"], aggregate, n, flood_std=0.0)
+    want = sum(w * v for w, v in zip(weights, vectors, strict=True))
+    assert np.max(np.abs(got - want)) < 1e-8
+
+    # a subset of chunks (resume) keeps its order too; stopping early shuts the pool down
+    beta = {"weight": weights[1], "chunk_values": CV}
+    resumed = he.encrypt_stream(fed.secrets["beta"], vectors[1], chunk_indices=[4, 1, 3], workers=3, **beta)
+    assert [he.read_chunk_header(f).chunk_index for f in resumed] == [1, 3, 4]
+    partial = he.encrypt_stream(fed.secrets["beta"], vectors[1], workers=2, **beta)
+    assert he.read_chunk_header(next(partial)).chunk_index == 0
+    partial.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_encryption_rechecks_what_it_encrypts(fed: Federation, workers: int) -> None:
+    vec = np.zeros(3 * CV)
+    frames = he.encrypt_stream(fed.secrets["alpha"], vec, weight=1.0, chunk_values=CV, workers=workers)
+    vec[2 * CV + 5] = 1e9  # changed by the caller after the eager check
+    with pytest.raises(he.HEError, match=f"index {2 * CV + 5} exceeds the safe bound"):
+        list(frames)
+
+
+def test_daemonic_processes_encrypt_in_process(fed: Federation, monkeypatch) -> None:
+    class Daemon:
+        daemon = True
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a daemonic process must not start a pool")
+
+    monkeypatch.setattr(stream.multiprocessing, "current_process", Daemon)
+    monkeypatch.setattr(stream, "_encrypt_chunks_in_pool", no_pool)
+    frames = list(
+        he.encrypt_stream(fed.secrets["alpha"], np.ones(3 * CV), weight=0.5, chunk_values=CV, workers=4)
+    )
+    assert [he.read_chunk_header(f).chunk_index for f in frames] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_encrypt_stream_refuses_bad_worker_counts(fed: Federation, workers) -> None:
+    with pytest.raises(he.HEError, match="workers"):
+        he.encrypt_stream(fed.secrets["alpha"], np.ones(3), weight=0.5, workers=workers)
+
+
 def test_decrypt_stream_refusals(fed: Federation) -> None:
     n = 3 * CV - 5
     vectors, weights = _updates(n)
@@ -539,3 +645,24 @@ def test_check_contribution_and_sum_refuse_what_does_not_belong(fed: Federation)
         he.sum_contributions([aggregate, alpha[0]], chunk_index=0, **layout)
     with pytest.raises(he.HEError, match="more than 2 contributions"):
         he.sum_contributions([alpha[0], beta[0], alpha[0]], chunk_index=0, max_contributions=2, **layout)
+
+
+def test_recipient_key_statement_binds_study_site_and_key(fed: Federation) -> None:
+    beta_kex = fed.agreement["beta"].public_key()
+    statement = he.sign_recipient_key(STUDY, "beta", beta_kex, fed.signing["beta"])
+    pinned = fed.signing["beta"].public_key()
+    raw = he.verify_recipient_key(statement, study_id=STUDY, site="beta", signer_public_key=pinned)
+    assert raw == beta_kex.public_bytes_raw()
+    with pytest.raises(he.HEError, match="expected 'gamma'"):
+        he.verify_recipient_key(statement, study_id=STUDY, site="gamma", signer_public_key=pinned)
+    with pytest.raises(he.HEError, match="for 'other'"):
+        he.verify_recipient_key(statement, study_id="other", site="beta", signer_public_key=pinned)
+    # the relaying orchestrator swaps in its own X25519 key: the signature no longer verifies
+    swapped = {**statement, "kex_key": X25519PrivateKey.generate().public_key().public_bytes_raw().hex()}
+    with pytest.raises(he.HEError, match="does not verify"):
+        he.verify_recipient_key(swapped, study_id=STUDY, site="beta", signer_public_key=pinned)
+    forged = he.sign_recipient_key(STUDY, "beta", beta_kex, Ed25519PrivateKey.generate())
+    with pytest.raises(he.HEError, match="does not verify"):
+        he.verify_recipient_key(forged, study_id=STUDY, site="beta", signer_public_key=pinned)
+    with pytest.raises(he.HEError, match="malformed"):
+        he.verify_recipient_key({"kex_key": "zz"}, study_id=STUDY, site="beta", signer_public_key=pinned)

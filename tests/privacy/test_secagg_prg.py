@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privacy.secagg import keys
-from privacy.secagg.prg import CHUNK_WORDS, apply_masks, prg_uint32
+from privacy.secagg.prg import CHUNK_WORDS, apply_masks, mask_vector, prg_uint32
 
 seeds = st.binary(min_size=32, max_size=32)
 
@@ -87,3 +87,27 @@ def test_apply_masks_validates_arguments() -> None:
         apply_masks(np.zeros(4, np.uint32), [(b"s" * 32, 2)])
     with pytest.raises(ValueError):
         apply_masks(np.zeros(4, np.uint32), [(b"short", 1)])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    masks=st.lists(st.tuples(seeds, st.sampled_from([1, -1])), max_size=4),
+    length=st.sampled_from([1, 7, CHUNK_WORDS - 1, CHUNK_WORDS, CHUNK_WORDS + 5, 2 * CHUNK_WORDS + 3]),
+)
+def test_mask_vector_equals_masks_applied_to_zeros(masks: list[tuple[bytes, int]], length: int) -> None:
+    expected = apply_masks(np.zeros(length, np.uint32), masks)
+    assert np.array_equal(mask_vector(length, masks), expected)
+    naive = np.zeros(length, np.uint32)
+    for seed, sign in masks:
+        naive += np.uint32(1 if sign == 1 else 2**32 - 1) * prg_uint32(seed, length)
+    assert np.array_equal(expected, naive)
+
+
+def test_every_word_is_masked_across_chunks() -> None:
+    # a mask covers every position: no word of the target is left unmasked at chunk edges
+    length = 2 * CHUNK_WORDS + 11
+    base = np.arange(length, dtype=np.uint32)
+    out = np.empty_like(base)
+    apply_masks(out, [(b"a" * 32, 1), (b"b" * 32, -1)], base=base)
+    assert np.count_nonzero(out == base) < 4  # ~length / 2^32 chance coincidences
+    assert np.array_equal(out - base, prg_uint32(b"a" * 32, length) - prg_uint32(b"b" * 32, length))

@@ -87,3 +87,38 @@ def test_bad_clip_is_rejected(clip: float) -> None:
 def test_dequantize_checks_counts() -> None:
     with pytest.raises(ValueError):
         dequantize_sum(np.zeros(3, np.uint32), 1.0, 3, 4)
+
+
+def _reference_quantize(x: np.ndarray, clip: float, n: int) -> np.ndarray:
+    """The definition, unchunked: rint((clip(x, -c, c) + c) * scale) in float64."""
+    levels = 2 ** quantization_bits(n) - 1
+    v = (np.clip(np.asarray(x, dtype=np.float64), -clip, clip) + clip) * (levels / (2.0 * clip))
+    return np.rint(v).astype(np.uint32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ">f4", ">f8", np.int16, np.int64])
+@pytest.mark.parametrize("n", [1, 2, 10, 1000])
+def test_quantize_matches_the_unchunked_definition(dtype: str, n: int) -> None:
+    rng = np.random.default_rng(n)
+    clip = 3.0 if np.dtype(dtype).kind == "i" else 0.05
+    x = (rng.standard_normal(150_007) * clip * 1.3).astype(dtype)
+    x[:3] = [clip, -clip, 0]
+    assert np.array_equal(quantize(x, clip, n), _reference_quantize(x, clip, n))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ">f4", np.float32])
+def test_non_finite_values_are_rejected_in_every_float_dtype(dtype: str) -> None:
+    x = np.zeros(70_000, dtype=dtype)
+    x[69_999] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        quantize(x, 1.0, 3)
+
+
+def test_dequantize_sum_keeps_shape_and_matches_the_formula() -> None:
+    clip, n = 0.5, 7
+    step = quantization_step(clip, n)
+    q = np.random.default_rng(0).integers(0, 2**31, (300, 701), dtype=np.uint32)
+    for arr in (q, q[:, ::2], q[0, 0]):
+        got = dequantize_sum(arr, clip, n, 3)
+        assert np.shape(got) == np.shape(arr) and np.asarray(got).dtype == np.float64
+        assert np.array_equal(got, np.asarray(arr, dtype=np.float64) * step - 3 * clip)
