@@ -65,6 +65,9 @@ REPO = HERE.parent
 MANAGE = REPO / "manage.py"
 DEFAULT_OUT = HERE / "results" / "round_overhead.json"
 RECIPE = "act-small"
+NUM_EXAMPLES = 300  # every simulated site's example count (and the secagg plan's max_weight)
+SECAGG_CLIP = 0.01  # the updates are 1e-3 · N(0, 1): nothing is clipped
+SYNTHETIC = {"synthetic-1e6": 10**6, "synthetic-1e7": 10**7}  # 10 float32 tensors, no recipe behind them
 MODELS: dict[str, dict[str, Any]] = {
     "act-small": {},  # the recipe as defined: ResNet18 trained too
     "act-tiny": {  # the integration tests' TINY_ACT
@@ -102,6 +105,13 @@ def serve_sites(config_path: Path) -> None:
     cfg = json.loads(Path(config_path).read_text())
     update = Path(cfg["update_path"]).read_bytes()
     orchestrator = cfg["orchestrator"]
+    secure = cfg["aggregation"] == "secagg"
+    timings = Path(cfg["timings_path"])
+    if secure:
+        from safetensors.numpy import load as load_arrays
+
+        arrays = load_arrays(update)
+
     def upload(name: str, token: str, study: str, number: int) -> None:
         meta = {
             "study": study, "round": number, "site": name, "num_examples": cfg["num_examples"],
@@ -135,7 +145,11 @@ def serve_sites(config_path: Path) -> None:
                     return
                 self._reply(202, {"status": "queued", "attempts": 1})
                 study, number = match.group(1), int(match.group(2))
-                threading.Thread(target=upload, args=(name, token, study, number), daemon=True).start()
+                if secure:
+                    args = (orchestrator, cfg, arrays, name, token, study, number, timings)
+                    threading.Thread(target=secagg_participate, args=args, daemon=True).start()
+                else:
+                    threading.Thread(target=upload, args=(name, token, study, number), daemon=True).start()
 
             def _reply(self, status: int, body: dict) -> None:
                 data = json.dumps(body).encode()
@@ -158,6 +172,84 @@ def serve_sites(config_path: Path) -> None:
         ports[site["name"]] = server.server_address[1]
     print(json.dumps(ports), flush=True)
     sys.stdin.read()  # the parent closes our stdin to stop us
+
+
+_timings_lock = threading.Lock()
+
+
+def secagg_participate(orchestrator: str, cfg: dict, arrays: dict, name: str, token: str, study: str,
+                       number: int, timings) -> None:
+    """One simulated site's part in a secagg round: the four phases over the real secure API.
+
+    What a datasite's ``datasite.secure_rounds._participate`` does after training, with the same
+    library calls (encode + quantize, advertise, share, mask, unmask) and HTTP messages; polls
+    every ``cfg["poll_s"]``. Writes this site's compute seconds (outside HTTP) to ``timings``.
+    """
+    import httpx
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from privacy.secagg import EncryptedShare, KeyAdvert, SecAggClient, SecAggParams, UnmaskRequest
+    from privacy.secure_vector import UpdateEncoding, layout_from
+
+    poll = cfg["poll_s"]
+    base = f"{orchestrator}/api/secure/studies/{study}/rounds/{number}"
+    compute = 0.0
+
+    def timed(fn, *args):
+        nonlocal compute
+        t0 = time.perf_counter()
+        out = fn(*args)
+        compute += time.perf_counter() - t0
+        return out
+
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=600) as http:
+
+        def wait(path: str, key: str):
+            while True:
+                response = http.get(path)
+                response.raise_for_status()
+                value = response.json().get(key)
+                if value is not None:
+                    return value
+                time.sleep(poll)
+
+        def post(path: str, **kwargs) -> None:
+            response = http.post(path, **kwargs)
+            if response.status_code != 201:
+                raise RuntimeError(f"POST {path}: HTTP {response.status_code} {response.text[:300]}")
+
+        try:
+            setup = wait("/setup", "setup")
+            params = SecAggParams.from_dict(setup["params"])
+            layout = setup["layout"]
+
+            def quantized():
+                enc = UpdateEncoding(layout_from(layout["manifest"]), layout["strategy"], params.clip,
+                                     layout["max_weight"], layout["max_steps"])
+                floats, _ = enc.encode(arrays, cfg["num_examples"], cfg["local_steps"])
+                return params.quantize(floats)
+
+            vector = timed(quantized)
+            key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(cfg["signing_keys"][name]))
+            peers = {n: bytes.fromhex(k) for n, k in cfg["verify_keys"].items() if n in params.sites}
+            client = SecAggClient(name, setup["session_id"], key, peers, params)
+            post("/advert", json=timed(lambda: client.advertise_keys().to_dict()))
+            adverts = [KeyAdvert.from_dict(d) for d in wait("/adverts", "adverts")]
+            shares = timed(lambda: [m.to_dict() for m in client.share_keys(adverts)])
+            post("/shares", json={"shares": shares})
+            routed = [EncryptedShare.from_dict(d) for d in wait("/shares", "shares")]
+            body = timed(lambda: client.masked_input(vector, routed).to_bytes())
+            post("/masked", content=body, headers={"Content-Type": "application/octet-stream"})
+            del body
+            request = UnmaskRequest.from_dict(wait("/unmask", "request"))
+            answer = timed(lambda: client.unmask(request.survivors, request.dropped).to_dict())
+            metrics = {"heldout_loss": 0.5, "steps": cfg["local_steps"]}
+            post("/unmask", json={"response": answer, "metrics": metrics})
+        except Exception as exc:  # reported to the parent through the log
+            print(f"{name} round {number}: secagg failed: {exc!r}", file=sys.stderr, flush=True)
+            return
+    with _timings_lock, timings.open("a") as fh:
+        fh.write(json.dumps({"site": name, "study": study, "round": number, "compute_s": compute}) + "\n")
 
 
 # --------------------------------------------------------------------------- orchestrator side
@@ -224,6 +316,12 @@ def setup_django(node_dir: Path) -> None:
 
 def model_weights(model: str) -> dict[str, Any]:
     """The recipe's trainable weights (float32 numpy, sorted names), data-free."""
+    if model in SYNTHETIC:
+        import numpy as np
+
+        rng = np.random.default_rng(1)
+        shape = (SYNTHETIC[model] // 10_000, 1000)
+        return {f"layer{i}.weight": rng.standard_normal(shape, dtype=np.float32) * 0.05 for i in range(10)}
     from datasite.training.recipes import build_policy
     from datasite.training.so100 import so100_features
     from datasite.training.weights import trainable_state
@@ -269,9 +367,13 @@ def time_serialization(weights: dict[str, Any], repeats: int) -> dict[str, float
 class Federation:
     """Datasites registered at the orchestrator (ORM) and served by the child process."""
 
-    def __init__(self, work: Path, url: str, names: list[str], weights: dict[str, Any], local_steps: int):
+    def __init__(self, work: Path, url: str, names: list[str], weights: dict[str, Any], local_steps: int,
+                 aggregation: str, poll_s: float):
+        import base64
+
         import numpy as np
         import torch
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         from datasite.training.weights import save_safetensors
         from orchestrator.federation import invite_datasite
@@ -287,11 +389,17 @@ class Federation:
         tokens = {}
         for name in names:
             _, tokens[name] = invite_datasite(name)
-        cfg = {"orchestrator": url, "update_path": str(update_path), "num_examples": 300,
-               "local_steps": local_steps, "sites": [{"name": n, "token": tokens[n]} for n in names]}
+        signing = {name: Ed25519PrivateKey.generate() for name in names}  # the sites' long-term keys
+        verify = {name: key.public_key().public_bytes_raw() for name, key in signing.items()}
+        self.timings_path = work / f"site_compute_{aggregation}.jsonl"
+        cfg = {"orchestrator": url, "update_path": str(update_path), "num_examples": NUM_EXAMPLES,
+               "local_steps": local_steps, "sites": [{"name": n, "token": tokens[n]} for n in names],
+               "aggregation": aggregation, "poll_s": poll_s, "timings_path": str(self.timings_path),
+               "signing_keys": {n: k.private_bytes_raw().hex() for n, k in signing.items()},
+               "verify_keys": {n: k.hex() for n, k in verify.items()}}
         config_path = work / "sites.json"
         config_path.write_text(json.dumps(cfg))
-        self.log_path = work / "sites.log"
+        self.log_path = work / f"sites_{aggregation}.log"
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--serve-sites", str(config_path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log_path.open("ab"), text=True,
@@ -303,8 +411,15 @@ class Federation:
         for name, port in json.loads(line).items():
             Datasite.objects.filter(name=name).update(
                 url=f"http://127.0.0.1:{port}", callback_token="bench-callback",  # noqa: S106
-                status=Datasite.Status.JOINED,
+                status=Datasite.Status.JOINED, signing_key=base64.b64encode(verify[name]).decode(),
             )
+
+    def site_compute(self, study: str, number: int) -> list[float]:
+        """Seconds each secagg site spent computing (outside HTTP) in that round."""
+        if not self.timings_path.exists():
+            return []
+        rows = [json.loads(line) for line in self.timings_path.read_text().splitlines() if line]
+        return [r["compute_s"] for r in rows if r["study"] == study and r["round"] == number]
 
     def errors(self) -> str:
         return self.log_path.read_text()[-2000:] if self.log_path.exists() else ""
@@ -319,7 +434,7 @@ class Federation:
                 self.process.wait()
 
 
-def make_study(n: int, names: list[str], weights, rounds: int, local_steps: int) -> str:
+def make_study(n: int, names: list[str], weights, rounds: int, local_steps: int, aggregation: str) -> str:
     """A study of the first ``n`` sites, approved and initialised, at the start of round 1."""
     from django.contrib.auth import get_user_model
 
@@ -327,14 +442,14 @@ def make_study(n: int, names: list[str], weights, rounds: int, local_steps: int)
     from orchestrator.models import Study, StudySite
     from orchestrator.tensors import manifest_of
     from privacy.strategies import ServerState
-    from webapp.protocol import CodeBundle, DPPlan, Plan
+    from webapp.protocol import CodeBundle, DPPlan, Plan, SecurePlan
 
     researcher, _ = get_user_model().objects.get_or_create(username="researcher")
     plan = Plan(rounds=rounds, local_steps=local_steps, strategy="fedavg", min_sites=n, fraction=1.0,
-                aggregation="plain",
+                aggregation=aggregation, secure=SecurePlan(clip=SECAGG_CLIP, max_weight=NUM_EXAMPLES),
                 dp=DPPlan(enabled=False), round_timeout_s=3600)
     code = CodeBundle(recipe=RECIPE, config={})
-    study = services.propose(researcher, f"round overhead, {n} sites", code, plan,
+    study = services.propose(researcher, f"round overhead, {n} sites, {aggregation}", code, plan,
                              {name: "so100" for name in names[:n]})
     StudySite.objects.filter(study=study).update(status=StudySite.Status.APPROVED, episodes=9)
     checkpoints.save(study.pk, 0, weights, ServerState(strategy="fedavg"))
@@ -358,11 +473,14 @@ def check_result(study_id: str, rounds: int, weights, update) -> None:
         raise RuntimeError(f"the server state says round {state.round}, expected {rounds}")
 
 
-def time_round(study_id: str, number: int, n: int, fed: Federation, timeout: float) -> dict[str, float]:
+def time_round(study_id: str, number: int, n: int, fed: Federation, timeout: float,
+               aggregation: str, poll_s: float) -> dict[str, float]:
     """One round through the real engine: open + send, wait for n stored uploads, close."""
     from orchestrator import checkpoints, engine
     from orchestrator.models import Round, SiteUpdate, Study
 
+    if aggregation == "secagg":
+        return time_secagg_round(study_id, number, fed, timeout, poll_s)
     t0 = time.perf_counter()
     engine.advance(Study.objects.get(pk=study_id))  # opens the round and sends every assignment
     t_sent = time.perf_counter()
@@ -388,6 +506,51 @@ def time_round(study_id: str, number: int, n: int, fed: Federation, timeout: flo
             "close_s": t_closed - t_uploaded}
 
 
+def time_secagg_round(study_id: str, number: int, fed: Federation, timeout: float,
+                      poll_s: float) -> dict[str, float]:
+    """One secagg round through the real engine, stepped every ``poll_s`` until it is closed.
+
+    Returns the round's wall time, when each SecAgg+ phase closed (seconds from the start), and
+    the simulated sites' compute: with every site on this machine's 2 cores their compute runs
+    one after another, where separate organisations compute in parallel; ``round_s_sites_parallel``
+    is the wall time less that serialisation (the sum of the sites' compute minus the largest).
+    """
+    from orchestrator import engine
+    from orchestrator.models import Round, Study
+    from orchestrator.secure_models import SecureSession
+
+    t0 = time.perf_counter()
+    engine.advance(Study.objects.get(pk=study_id))  # opens the round and sends every assignment
+    marks: dict[str, float] = {"send_s": time.perf_counter() - t0}
+    deadline = time.monotonic() + timeout
+    while True:
+        engine.advance(Study.objects.get(pk=study_id))
+        phase = SecureSession.objects.filter(study_id=study_id, number=number).values_list("phase", flat=True)
+        phase = phase.first()
+        if phase is not None and f"{phase}_at_s" not in marks:
+            marks[f"{phase}_at_s"] = time.perf_counter() - t0
+        if phase in ("done", "failed"):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"round {number}: secagg still in phase {phase} after {timeout:.0f} s; "
+                               f"simulated sites said: {fed.errors()}")
+        time.sleep(poll_s)
+    total = time.perf_counter() - t0
+    rnd = Round.objects.get(study_id=study_id, number=number)
+    study = Study.objects.get(pk=study_id)
+    if phase != "done" or rnd.status != Round.Status.DONE or rnd.dropped or study.current_round != number + 1:
+        raise RuntimeError(f"round {number} did not close cleanly: session {phase}, round {rnd.status}, "
+                           f"dropped {rnd.dropped}, study {study.status} {study.error}; "
+                           f"sites: {fed.errors()}")
+    compute = fed.site_compute(study_id, number)
+    while len(compute) < len(rnd.participants) and time.monotonic() < deadline:
+        time.sleep(0.01)  # a site writes its timing just after its last message
+        compute = fed.site_compute(study_id, number)
+    serialised = sum(compute) - max(compute)
+    return {"round_s": total, **marks, "sites_compute_sum_s": sum(compute),
+            "sites_compute_max_s": max(compute), "round_s_sites_parallel": total - serialised}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every site count; returns the figures written to the JSON file."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -402,7 +565,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"starting an orchestrator (gunicorn, {args.workers} worker(s) x {args.threads} threads) "
               f"in {work} ...", flush=True)
         node_dir, url, server = start_orchestrator(work, args.workers, args.threads)
-        fed = None
+        feds: dict[str, Federation] = {}
         try:
             setup_django(node_dir)
             weights = model_weights(args.model)
@@ -412,24 +575,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             from orchestrator.tensors import to_bytes
 
             model_bytes = len(to_bytes(weights))
-            names = [f"site-{i:02d}" for i in range(max(counts))]
-            fed = Federation(work, url, names, weights, local_steps=10)
-            rows = []
-            total_rounds = len(counts) * (args.warmup + args.rounds)
-            with tqdm(total=total_rounds, desc="rounds", unit="round") as bar:
+            modes = list(dict.fromkeys(args.aggregation))
+            names = {m: [f"{m}-{i:02d}" for i in range(max(counts))] for m in modes}
+            for m in modes:
+                feds[m] = Federation(work, url, names[m], weights, 10, m, args.site_poll)
+            rows, ratios = [], []
+            rounds = args.warmup + args.rounds
+            with tqdm(total=len(counts) * len(modes) * rounds, desc="rounds", unit="round") as bar:
                 for n in counts:
                     bar.set_description(f"{n} sites")
-                    study = make_study(n, names, weights, args.warmup + args.rounds, 10)
-                    timed = []
-                    for r in range(1, args.warmup + args.rounds + 1):
-                        t = time_round(study, r, n, fed, args.timeout)
-                        if r > args.warmup:
-                            timed.append(t)
-                        bar.update(1)
-                    check_result(study, args.warmup + args.rounds, weights, fed.update)
-                    rows.append(summarise(n, timed, unit, model_bytes, fed.update_bytes))
+                    studies = {m: make_study(n, names[m], weights, rounds, 10, m) for m in modes}
+                    timed: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+                    for r in range(1, rounds + 1):
+                        for m in modes:  # interleaved, so that load on the machine hits every mode alike
+                            t = time_round(studies[m], r, n, feds[m], args.timeout, m, args.site_poll)
+                            if r > args.warmup:
+                                timed[m].append(t)
+                            bar.update(1)
+                    for m in modes:
+                        check_result(studies[m], rounds, weights, feds[m].update)
+                        rows.append({"aggregation": m, **summarise(n, timed[m], unit, model_bytes,
+                                                                   feds[m].update_bytes)})
+                    if "plain" in modes and "secagg" in modes:
+                        ratios.append(secagg_ratio(n, timed["plain"], timed["secagg"]))
         finally:
-            if fed is not None:
+            for fed in feds.values():
                 fed.stop()
             server.send_signal(signal.SIGTERM)
             try:
@@ -442,14 +612,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "benchmark": "round_overhead",
-        "model": {"recipe": RECIPE, "name": args.model, "config": MODELS[args.model], "parameters": params,
+        "model": {"recipe": None if args.model in SYNTHETIC else RECIPE, "name": args.model,
+                  "config": MODELS.get(args.model, {}), "parameters": params,
                   "tensors": len(weights), "safetensors_bytes": model_bytes},
         "serialize": serial,
         "unit": "orchestrator_to_bytes_s (median)",
         "settings": {"sites": counts, "rounds": args.rounds, "warmup": args.warmup, "workers": args.workers,
-                     "threads": args.threads, "strategy": "fedavg", "aggregation": "plain",
+                     "threads": args.threads, "strategy": "fedavg", "aggregation": modes,
+                     "secagg": {"clip": SECAGG_CLIP, "threshold": "default (n // 2 + 1)",
+                                "engine_and_site_poll_s": args.site_poll},
                      "database": "sqlite (WAL)"},
         "rows": rows,
+        "secagg_vs_plain": ratios,
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)},
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -472,6 +646,20 @@ def summarise(n: int, timed: list[dict[str, float]], unit: float, model_bytes: i
     }
 
 
+def secagg_ratio(n: int, plain: list[dict[str, float]], secagg: list[dict[str, float]]) -> dict[str, Any]:
+    """A secagg round against a plain round of the same sites, from the interleaved rounds."""
+    p = statistics.median(t["round_s"] for t in plain)
+    s = statistics.median(t["round_s"] for t in secagg)
+    s_par = statistics.median(t["round_s_sites_parallel"] for t in secagg)
+    phases = ("advertise", "share", "mask", "unmask", "done")
+    return {"sites": n, "plain_round_s": p, "secagg_round_s": s, "ratio": s / p,
+            "secagg_round_sites_parallel_s": s_par, "ratio_sites_parallel": s_par / p,
+            "secagg_phase_closed_at_s": {ph: statistics.median(t[f"{ph}_at_s"] for t in secagg)
+                                         for ph in phases},
+            "secagg_site_compute_s": statistics.median(t["sites_compute_max_s"] for t in secagg),
+            "goal": "<= 1.5x"}
+
+
 def print_report(res: dict[str, Any]) -> None:
     m, s = res["model"], res["serialize"]
     print()
@@ -479,15 +667,25 @@ def print_report(res: dict[str, Any]) -> None:
           f"tensors, {m['safetensors_bytes'] / 2**20:.1f} MiB as safetensors")
     print(f"serialize once: {1000 * s['orchestrator_to_bytes_s']:.1f} ms (orchestrator to_bytes, median; "
           f"datasite save_safetensors {1000 * s['datasite_save_safetensors_s']:.1f} ms)")
-    head = (f"{'sites':>5} {'round s':>8} {'best':>7} {'send':>7} {'+uploads':>8} {'close':>7} "
+    head = (f"{'mode':>6} {'sites':>5} {'round s':>8} {'best':>7} {'send':>7} {'+uploads':>8} {'close':>7} "
             f"{'round/serialize':>15} {'per site':>9} {'MiB moved':>9}")
     print(head)
     print("-" * len(head))
     for r in res["rows"]:
-        print(f"{r['sites']:>5} {r['round_s_median']:>8.2f} {r['round_s_best']:>7.2f} "
-              f"{r['send_s_median']:>7.2f} {r['wait_uploads_s_median']:>8.2f} {r['close_s_median']:>7.2f} "
+        phases = (f"{r['wait_uploads_s_median']:>8.2f} {r['close_s_median']:>7.2f}" if "close_s_median" in r
+                  else f"{'(phases below)':>16}")
+        print(f"{r['aggregation']:>6} {r['sites']:>5} {r['round_s_median']:>8.2f} {r['round_s_best']:>7.2f} "
+              f"{r['send_s_median']:>7.2f} {phases} "
               f"{r['round_over_serialize']:>14.0f}x {r['per_site_over_serialize']:>8.1f}x "
               f"{r['bytes_moved'] / 2**20:>9.0f}")
+    for q in res["secagg_vs_plain"]:
+        at = q["secagg_phase_closed_at_s"]
+        print(f"secagg vs plain, {q['sites']} sites: {q['secagg_round_s']:.2f} s / "
+              f"{q['plain_round_s']:.2f} s = "
+              f"{q['ratio']:.2f}x (goal {q['goal']}); with the sites' compute in parallel (as separate "
+              f"organisations): {q['ratio_sites_parallel']:.2f}x. Phases closed at "
+              + ", ".join(f"{ph} {at[ph]:.2f} s" for ph in at)
+              + f"; slowest site computed {q['secagg_site_compute_s']:.2f} s")
     st = res["settings"]
     print(f"medians of {st['rounds']} rounds after {st['warmup']} warm-up round(s); send = open the round "
           f"and POST every assignment + weights; +uploads = until the last upload is stored; "
@@ -502,8 +700,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sites", type=int, nargs="+", default=[3, 10, 30], help="site counts to measure")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per site count")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first, per site count")
-    ap.add_argument("--model", choices=sorted(MODELS), default="act-small",
-                    help="act-small: the recipe's defaults; act-tiny: the integration tests' tiny ACT")
+    ap.add_argument("--model", choices=sorted([*MODELS, *SYNTHETIC]), default="act-small",
+                    help="act-small: the recipe's defaults; act-tiny: the integration tests' tiny ACT; "
+                         "synthetic-1eK: 10 float32 tensors, 10^K values in all (the orchestrator only "
+                         "sees a manifest; the simulated sites do not train)")
+    ap.add_argument("--aggregation", nargs="+", choices=["plain", "secagg"], default=["plain"],
+                    help="modes to measure, rounds interleaved; both give the secagg/plain round ratio")
+    ap.add_argument("--site-poll", type=float, default=0.01,
+                    help="secagg: seconds between a simulated site's polls and between engine steps")
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers (runnode's default)")
     ap.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker (runnode's default)")
     ap.add_argument("--serialize-repeats", type=int, default=7)

@@ -31,6 +31,14 @@ What is compared with what (like with like):
 - "AES-CTR keystream of the self masks" times the cipher alone over the bytes the server
   must re-expand (n self masks x 4 bytes x params): the floor of "unmask" for this PRG,
   since ``cryptography`` keeps the GIL while it encrypts.
+
+``--http`` adds the whole round as the platform runs it (``benchmarks/round_overhead.py
+--aggregation plain secagg``): a real orchestrator (gunicorn, SQLite, the real round engine
+and secure API) and the sites as HTTP clients in a child process, a plain round and a secagg
+round of the same 10^k-parameter update interleaved; the ratio of their wall times, from
+opening the round to the new global weights checkpointed. There the plain round pays for
+what a deployment pays (HTTP, multipart, safetensors checks, database, checkpoint), and the
+secagg round adds its four phases, each a message from every site and an engine step.
 """
 
 from __future__ import annotations
@@ -208,6 +216,21 @@ def aes_keystream_time(n_masks: int, n_words: int) -> float:
     return time.perf_counter() - t0
 
 
+def whole_round_http(n_params: int, n: int, rounds: int) -> dict[str, Any]:
+    """A plain and a secagg round over HTTP through the real orchestrator (round_overhead.py)."""
+    import round_overhead
+
+    model = f"synthetic-1e{len(str(n_params)) - 1}"
+    if round_overhead.SYNTHETIC.get(model) != n_params:
+        raise SystemExit(f"--http needs --params 1e6 or 1e7, not {n_params}")
+    args = round_overhead.parse_args(
+        ["--sites", str(n), "--model", model, "--aggregation", "plain", "secagg", "--rounds", str(rounds)]
+    )
+    res = round_overhead.run(args)
+    round_overhead.print_report(res)
+    return {"settings": res["settings"], "rows": res["rows"], "secagg_vs_plain": res["secagg_vs_plain"][0]}
+
+
 def default_out(n_params: int, n: int, drops: int, neighbours: int | None) -> Path:
     exp = len(str(n_params)) - 1
     size = f"1e{exp}" if n_params == 10**exp else str(n_params)
@@ -224,6 +247,8 @@ def main() -> None:
     ap.add_argument("--threshold", type=int, default=None)
     ap.add_argument("--neighbours", type=int, default=None, help="SecAgg+ graph degree")
     ap.add_argument("--repeat", type=int, default=3, help="best of N, per quantity")
+    ap.add_argument("--http", action="store_true", help="also time whole rounds over HTTP (plain vs secagg)")
+    ap.add_argument("--http-rounds", type=int, default=3, help="timed rounds per mode with --http")
     ap.add_argument(
         "--out", help="JSON results file (default: results/secagg_<params>[...].json; - for none)"
     )
@@ -328,6 +353,7 @@ def main() -> None:
         f"(bound n*step = {bound:.2e})"
     )
 
+    http = whole_round_http(n_params, n, args.http_rounds) if args.http else None
     if args.out == "-":
         return
     out = Path(args.out) if args.out else default_out(n_params, n, len(drops), args.neighbours)
@@ -370,6 +396,7 @@ def main() -> None:
         },
         "max_abs_error": err,
         "error_bound": bound,
+        "whole_round_http": http,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
