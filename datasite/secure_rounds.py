@@ -165,14 +165,24 @@ def wait_for(api: OrchestratorCalls, path: str, key: str, until: float) -> objec
 
 
 def send(api: OrchestratorCalls, path: str, until: float, **kwargs) -> None:
-    """POST, retrying while the orchestrator is unreachable; a refusal aborts."""
+    """POST, retrying while the orchestrator is unreachable; a refusal aborts.
+
+    A retry answered "already sent/answered" (409) means an earlier attempt arrived and only
+    its answer was lost (a connection closed mid-reply), so the message counts as delivered.
+    """
+    retried = False
     while time.monotonic() < until:
         response = api.request("POST", path, **kwargs)
         if response is not None:
             if response.status_code in (200, 201):
                 return
+            detail = _detail(response)
+            if retried and response.status_code == 409 and " already " in detail:
+                log.info("secure aggregation: POST %s had arrived before: %s", path, detail)
+                return
             if response.status_code < 500:
-                raise SecureAbort(f"POST {path}: HTTP {response.status_code}: {_detail(response)}")
+                raise SecureAbort(f"POST {path}: HTTP {response.status_code}: {detail}")
+        retried = True
         time.sleep(POLL_SECONDS)
     raise SecureAbort(f"gave up sending {path}")
 

@@ -158,18 +158,20 @@ def client_contribution(
     update: Mapping[str, np.ndarray], num_examples: int, local_steps: int, strategy: str
 ) -> tuple[Arrays, Scalars]:
     """Client half: the pre-weighted vector and the scalars to be summed alongside it."""
+    scale, scalars = contribution_scale(num_examples, local_steps, strategy)
+    arrays = _float64(update, "update")
+    return {k: v * scale for k, v in arrays.items()}, scalars
+
+
+def contribution_scale(num_examples: int, local_steps: int, strategy: str) -> tuple[float, Scalars]:
+    """The factor a client multiplies its update by, and the scalars summed alongside it."""
     s = parse_strategy(strategy)
     _check_count("num_examples", num_examples)
     _check_count("local_steps", local_steps)
-    arrays = _float64(update, "update")
     n = float(num_examples)
     if s is Strategy.FEDNOVA:
-        scale = n / local_steps
-        scalars = {"weight": n, "weighted_steps": n * local_steps}
-    else:
-        scale = n
-        scalars = {"weight": n}
-    return {k: v * scale for k, v in arrays.items()}, scalars
+        return n / local_steps, {"weight": n, "weighted_steps": n * local_steps}
+    return n, {"weight": n}
 
 
 def sum_arrays(items: Sequence[Mapping[str, np.ndarray]], what: str = "contribution") -> Arrays:

@@ -197,7 +197,7 @@ class MaskedInput:
     def to_bytes(self) -> bytes:
         """One blob: u32 big-endian header length, JSON header, raw body."""
         head = json.dumps(self.header(), separators=(",", ":")).encode()
-        return struct.pack(">I", len(head)) + head + bytes(self.body())
+        return b"".join((struct.pack(">I", len(head)), head, self.body()))  # one copy of the body
 
     @classmethod
     def from_bytes(cls, blob: bytes | bytearray | memoryview) -> Self:

@@ -144,7 +144,7 @@ def test_secagg_study_survives_a_site_killed_mid_round(tmp_path, so100_sources):
 
     # the orchestrator's database, files, checkpoints and log hold none of them
     assert not (studies / "updates").exists()
-    assert not list(studies.rglob("sum.safetensors"))
+    assert not list(studies.rglob("*.masked"))
     files = [p for p in Path(orch.dir).rglob("*") if p.is_file()]
     assert any(p.name == "node.log" for p in files) and any(p.name.startswith("db.sqlite3") for p in files)
     blobs = [p.read_bytes() for p in files]

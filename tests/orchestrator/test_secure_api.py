@@ -136,6 +136,8 @@ def test_a_round_with_a_dropout_sums_exactly_and_keeps_no_plaintext(client, fed,
         assert call(client, "POST", study, tokens[n], "masked", raw=blob).status_code == 409  # replayed
     tick(study)
     assert SecureSession.objects.get(study=study).phase == "mask"
+    # each input is kept as received (masked) until the sum is formed; none for site-c
+    assert sorted(p.name for p in Path(tmp_path).rglob("*.masked")) == ["site-a.masked", "site-b.masked"]
     expire(study)
     tick(study)
     session = SecureSession.objects.get(study=study)
@@ -174,7 +176,7 @@ def test_a_round_with_a_dropout_sums_exactly_and_keeps_no_plaintext(client, fed,
         for path in Path(tmp_path).rglob("*"):
             if path.is_file():
                 assert needle not in path.read_bytes(), path
-    assert not list(Path(tmp_path).rglob("sum.safetensors"))  # the masked sum is gone too
+    assert not list(Path(tmp_path).rglob("*.masked"))  # the masked inputs are gone too
 
 
 def test_wrong_rounds_forged_adverts_and_out_of_phase_messages_are_refused(client, fed):

@@ -13,7 +13,7 @@ from privacy.secure_vector import (
     encode_moments,
     layout_from,
 )
-from privacy.strategies import ClientResult, aggregate, aggregate_plain
+from privacy.strategies import ClientResult, aggregate, aggregate_plain, client_contribution
 
 RNG = np.random.default_rng(7)
 
@@ -107,3 +107,49 @@ def test_negative_moments_and_range():
     np.testing.assert_allclose(decode_moments(a + b, layout)["x"], [-1.25, -1.0, -1e9 + 1.0])
     with pytest.raises(EncodingError):
         encode_moments({"x": np.array([1e20, 0, 0])}, layout)
+
+
+def _reference_encode(enc: UpdateEncoding, update, n: int, steps: int) -> tuple[np.ndarray, int]:
+    """The definition: client_contribution's arrays, flattened in layout order, divided by M."""
+    n = int(min(n, enc.max_weight))
+    vector, scalars = client_contribution(update, n, steps, enc.strategy)
+    m = enc.max_weight
+    flat = np.concatenate([np.asarray(vector[k], np.float64).reshape(-1) for k, _ in enc.layout]) / m
+    tail = [enc.clip * scalars["weight"] / m]
+    if "weighted_steps" in enc.scalars:
+        tail.append(enc.clip * scalars["weighted_steps"] / (m * enc.max_steps))
+    return np.concatenate([flat, tail]), int(np.count_nonzero(np.abs(flat) > enc.clip))
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fednova"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, ">f4"])
+def test_encode_equals_the_definition_value_for_value(strategy, dtype):
+    rng = np.random.default_rng(3)
+    update = {  # sizes across the encoder's chunk edges, a non-contiguous tensor, a scalar
+        "z.big": (rng.standard_normal((3, 70_001)) * 0.02).astype(dtype),
+        "a.strided": (rng.standard_normal((40, 30)) * 0.02).astype(dtype)[:, ::2],
+        "m.scalar": np.asarray(0.5, dtype=dtype),
+    }
+    enc = UpdateEncoding(layout_from(update), strategy, clip=0.03, max_weight=700, max_steps=9)
+    for n in (1, 333, 10_000):
+        got, clipped = enc.encode(update, n, 7)
+        want, want_clipped = _reference_encode(enc, update, n, 7)
+        assert got.dtype == np.float64 and np.array_equal(got, want)
+        assert clipped == want_clipped
+    assert clipped > 0  # n = 10,000 (counted as 700) pushes values beyond the clip
+
+
+def test_encode_refuses_integer_and_non_finite_tensors_wherever_they_are():
+    update = {"a": np.zeros(200_000, np.float32), "b": np.zeros(3, np.float32)}
+    enc = UpdateEncoding(layout_from(update), "fedavg", clip=1.0, max_weight=10, max_steps=1)
+    bad = update["a"].copy()
+    bad[150_000] = np.inf
+    with pytest.raises(EncodingError, match="'a' contains NaN or inf"):
+        enc.encode({**update, "a": bad}, 5, 1)
+    with pytest.raises(EncodingError, match="'b' has dtype int64"):
+        enc.encode({**update, "b": np.zeros(3, np.int64)}, 5, 1)
+    with pytest.raises(EncodingError, match="mapping"):
+        enc.encode([update["a"]], 5, 1)
+    huge = {**update, "b": np.full(3, 1e308)}  # finite, but x n overflows float64
+    with pytest.raises(EncodingError, match="'b' contains NaN or inf"):
+        enc.encode(huge, 5, 1)
