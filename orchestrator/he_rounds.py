@@ -16,12 +16,13 @@ A training round is a :class:`~orchestrator.secure_models.SecureSession` in mode
    resumes its upload (``setup`` lists the chunks already held). The phase closes when every
    participant committed or refused, or at the round deadline.
 2. ``decrypt``: at least two sites (and the plan's ``min_sites``) must have committed. The
-   engine sums the committed sites' chunks chunk by chunk (:func:`privacy.he.sum_contributions`;
-   memory: one chunk), deletes the individual chunks, and asks one key-holding site (a
-   contributor first) to decrypt: that site fetches the aggregate frames (only aggregates are
-   ever served, and only to the site asked) and answers the flooded sum. If it fails, the next
-   key holder is asked. The sum is decoded and applied as in ``secagg`` mode
-   (:func:`orchestrator.secure_rounds.close_round`).
+   engine sums the committed sites' chunks chunk by chunk
+   (:func:`privacy.he.sum_stored_contributions`, in ``FEDSILO_HE_SUM_WORKERS`` processes,
+   default one per core; memory: one chunk per process), deletes the individual chunks, and
+   asks one key-holding site (a contributor first) to decrypt: that site fetches the
+   aggregate frames (only aggregates are ever served, and only to the site asked) and
+   answers the flooded sum. If it fails, the next key holder is asked. The sum is decoded
+   and applied as in ``secagg`` mode (:func:`orchestrator.secure_rounds.close_round`).
 
 Trust (see :mod:`privacy.he`): TenSEAL has no threshold decryption, so every participating
 datasite holds the whole key. The orchestrator must not collude with any of them and must not
@@ -33,6 +34,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +70,8 @@ from webapp.protocol import Plan
 log = logging.getLogger(__name__)
 Phase = SecureSession.Phase
 CHUNK_VALUES = int(os.environ.get("FEDSILO_HE_CHUNK_VALUES", str(he.DEFAULT_CHUNK_VALUES)))
+# processes summing the encrypted chunks when a round's uploads close (chunks are independent)
+SUM_WORKERS = int(os.environ.get("FEDSILO_HE_SUM_WORKERS", str(os.cpu_count() or 1)))
 _PART_BYTES = 2 * 2 * he.POLY_MODULUS_DEGREE * 8 + 4  # a ciphertext part and its length prefix
 
 
@@ -368,14 +372,17 @@ def _close_uploads(study: Study, session: SecureSession) -> bool:
     key_id, length, chunk_values = _layout(session)
     folder = _aggregate_path(session, 0).parent
     folder.mkdir(parents=True, exist_ok=True)
+    files = [
+        [_uploads(session, s) / f"{index:06d}.ckks" for s in survivors]
+        for index in range(he.n_chunks(length, chunk_values))
+    ]
     try:
-        for index in range(he.n_chunks(length, chunk_values)):
-            frames = ((_uploads(session, s) / f"{index:06d}.ckks").read_bytes() for s in survivors)
-            aggregate = he.sum_contributions(
-                frames, key_id=key_id, total_values=length, chunk_values=chunk_values, chunk_index=index
-            )
+        aggregates = he.sum_stored_contributions(
+            files, key_id=key_id, total_values=length, chunk_values=chunk_values, workers=SUM_WORKERS
+        )
+        for index, aggregate in enumerate(aggregates):
             checkpoints._atomic_write(_aggregate_path(session, index), aggregate)
-    except (he.HEError, OSError) as exc:
+    except (he.HEError, OSError, BrokenProcessPool) as exc:
         fail_session(session, f"the encrypted sum could not be formed: {exc}")
         return False
     for site in session.params["sites"]:

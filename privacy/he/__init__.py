@@ -126,6 +126,7 @@ from .stream import (
     n_chunks,
     read_chunk_header,
     sum_contributions,
+    sum_stored_contributions,
 )
 
 __all__ = [
@@ -156,5 +157,6 @@ __all__ = [
     "seal_secret_context",
     "sign_recipient_key",
     "sum_contributions",
+    "sum_stored_contributions",
     "verify_recipient_key",
 ]

@@ -30,7 +30,7 @@ import struct
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -361,8 +361,7 @@ def encrypt_stream(
             raise HEError(f"chunk_indices must be ints in [0, {chunks})")
     for start in range(0, total, chunk_values):
         _weighted_block(arr, start, chunk_values, w)
-    # a daemonic process (e.g. a multiprocessing pool's worker) may not start processes
-    if workers > 1 and len(indices) > 1 and not multiprocessing.current_process().daemon:
+    if _can_start_pool(workers, len(indices)):
         return _encrypt_chunks_in_pool(ctx, arr, w, chunk_values, indices, workers, seeded)
     return _encrypt_chunks(ctx, arr, w, chunk_values, indices, seeded)
 
@@ -532,6 +531,41 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
+def _can_start_pool(workers: int, tasks: int) -> bool:
+    # a daemonic process (e.g. a multiprocessing pool's worker) may not start processes
+    return workers > 1 and tasks > 1 and not multiprocessing.current_process().daemon
+
+
+def _ordered_in_pool(
+    fn: Callable[..., bytes],
+    tasks: Iterator[tuple],
+    workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+) -> Iterator[bytes]:
+    """`fn(*task)` for each task in `workers` processes; results in task order. Tasks are
+    drawn lazily, at most 2 x `workers` in flight, so memory stays bounded."""
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=_pool_context(), initializer=initializer, initargs=initargs
+    )
+    pending: deque[Future[bytes]] = deque()
+
+    def submit() -> None:
+        task = next(tasks, None)
+        if task is not None:
+            pending.append(pool.submit(fn, *task))
+
+    try:
+        for _ in range(2 * workers):
+            submit()
+        while pending:
+            result = pending.popleft().result()
+            submit()
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _encrypt_chunks_in_pool(
     ctx: SecretContext,
     arr: np.ndarray,
@@ -541,35 +575,67 @@ def _encrypt_chunks_in_pool(
     workers: int,
     seeded: bool,
 ) -> Iterator[bytes]:
-    workers = min(workers, len(indices))
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=_pool_context(),
-        initializer=_init_worker,
-        initargs=(ctx.data, seeded),
-    )
     total = int(arr.size)
-    todo = iter(indices)
-    pending: deque[Future[bytes]] = deque()
 
-    def submit() -> None:
-        index = next(todo, None)
-        if index is not None:
+    def tasks() -> Iterator[tuple]:
+        for index in indices:
             start = index * chunk_values
             raw = np.array(arr[start : start + chunk_values])  # a snapshot, sent to the worker
-            pending.append(
-                pool.submit(_encrypt_in_worker, raw, start, weight, total, chunk_values)
-            )
+            yield raw, start, weight, total, chunk_values
 
-    try:
-        for _ in range(2 * workers):  # bounded window: memory stays 2 x workers chunks
-            submit()
-        while pending:
-            frame = pending.popleft().result()
-            submit()
-            yield frame
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    workers = min(workers, len(indices))
+    return _ordered_in_pool(_encrypt_in_worker, tasks(), workers, _init_worker, (ctx.data, seeded))
+
+
+def sum_stored_contributions(
+    chunk_files: Sequence[Sequence[str | os.PathLike]],
+    *,
+    key_id: bytes,
+    total_values: int,
+    chunk_values: int,
+    max_contributions: int = MAX_CONTRIBUTIONS,
+    workers: int = 1,
+) -> Iterator[bytes]:
+    """`sum_contributions` of every chunk index, from files: `chunk_files[i]` names the
+    stored contributions to chunk i. Yields the aggregate frames in index order.
+
+    Chunks are independent, so `workers` > 1 sums them in that many processes, each
+    reading its chunk's files itself (the frames never cross a pipe; only aggregates come
+    back); SEAL holds the GIL, so threads would not help. Memory: one chunk's running sum
+    and the chunk being added, per worker.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise HEError(f"workers must be an int >= 1, got {workers!r}")
+    if len(chunk_files) != n_chunks(total_values, chunk_values):
+        raise HEError(f"expected the files of {n_chunks(total_values, chunk_values)} chunks")
+    layout = (key_id, total_values, chunk_values, max_contributions)
+    tasks = ((tuple(map(os.fspath, files)), index, *layout) for index, files in enumerate(chunk_files))
+    if _can_start_pool(workers, len(chunk_files)):
+        return _ordered_in_pool(_sum_files, tasks, min(workers, len(chunk_files)))
+    return (_sum_files(*task) for task in tasks)
+
+
+def _sum_files(
+    paths: tuple[str, ...],
+    chunk_index: int,
+    key_id: bytes,
+    total_values: int,
+    chunk_values: int,
+    max_contributions: int,
+) -> bytes:
+    def frames() -> Iterator[bytes]:
+        for path in paths:
+            with open(path, "rb") as fh:
+                yield fh.read()
+
+    return sum_contributions(
+        frames(),
+        key_id=key_id,
+        total_values=total_values,
+        chunk_values=chunk_values,
+        chunk_index=chunk_index,
+        max_contributions=max_contributions,
+    )
 
 
 class CiphertextAccumulator:

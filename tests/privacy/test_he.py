@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -666,3 +667,31 @@ def test_recipient_key_statement_binds_study_site_and_key(fed: Federation) -> No
         he.verify_recipient_key(forged, study_id=STUDY, site="beta", signer_public_key=pinned)
     with pytest.raises(he.HEError, match="malformed"):
         he.verify_recipient_key({"kex_key": "zz"}, study_id=STUDY, site="beta", signer_public_key=pinned)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sum_of_stored_contributions_in_worker_processes(fed: Federation, tmp_path, workers: int) -> None:
+    n = 3 * CV - 7
+    vectors, weights = _updates(n, seed=5)
+    layout = {"key_id": fed.ceremony.key_id, "total_values": n, "chunk_values": CV}
+    files: list[list[Path]] = [[] for _ in range(he.n_chunks(n, CV))]
+    for site, vec, w in zip(SITES, vectors, weights, strict=True):
+        for index, frame in enumerate(he.encrypt_stream(fed.secrets[site], vec, weight=w, chunk_values=CV)):
+            path = tmp_path / f"{site}-{index}.ckks"
+            path.write_bytes(frame)
+            files[index].append(path)
+    aggregate = list(he.sum_stored_contributions(files, workers=workers, **layout))
+    assert [he.read_chunk_header(f).chunk_index for f in aggregate] == [0, 1, 2]
+    assert all(he.read_chunk_header(f).contributors == 3 for f in aggregate)
+    got = he.decrypt_stream(fed.secrets["beta"], aggregate, n, flood_std=0.0)
+    want = sum(w * v for w, v in zip(weights, vectors, strict=True))
+    assert np.max(np.abs(got - want)) < 1e-8
+
+    # a frame filed under the wrong index is refused, in the worker as in-process
+    files[2][1], files[1][1] = files[1][1], files[2][1]
+    with pytest.raises(he.HEError, match="chunk"):
+        list(he.sum_stored_contributions(files, workers=workers, **layout))
+    with pytest.raises(he.HEError, match="3 chunks"):
+        he.sum_stored_contributions(files[:2], workers=workers, **layout)
+    with pytest.raises(he.HEError, match="workers"):
+        he.sum_stored_contributions(files, workers=0, **layout)
