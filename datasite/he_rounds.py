@@ -36,7 +36,6 @@ import httpx
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 from safetensors.numpy import load, save
 
 from compliance import audit
@@ -46,8 +45,6 @@ from datasite.secure_rounds import (
     PHASE_SECONDS,
     OrchestratorCalls,
     SecureAbort,
-    enter,
-    leave,
     send,
     wait_for,
 )
@@ -214,33 +211,9 @@ def receive_key(study: str, body: object) -> dict:
 # ----------------------------------------------------------------------------- a round's upload
 
 
-def upload(run: RoundRun) -> bool:
-    """Encrypt a finished round's update chunk by chunk, upload the chunks and commit."""
-    key = (run.study, run.round)
-    if not enter(key):
-        log.info("he round %s/%s already uploading in this process", *key)
-        return False
-    try:
-        outcome = _upload(run)
-    except SecureAbort as exc:
-        log.warning("he round %s/%s: this site drops out: %s", *key, exc)
-        audit.record(
-            "round.secure_aborted",
-            audit.SYSTEM,
-            f"study:{run.study}",
-            {"round": run.round, "reason": str(exc)[:500]},
-        )
-        return False
-    finally:
-        leave(key)
-    RoundRun.objects.filter(pk=run.pk).update(uploaded_at=timezone.now())
-    audit.record(
-        "round.secure_contributed", audit.SYSTEM, f"study:{run.study}", {"round": run.round, **outcome}
-    )
-    return True
-
-
-def _upload(run: RoundRun) -> dict:
+def upload(run: RoundRun) -> dict:
+    """Encrypt a finished round's update chunk by chunk, upload the chunks and commit
+    (run through :func:`datasite.secure_rounds.contribute`); raises ``SecureAbort``."""
     plan = services.plan_of(run.request)
     until = time.monotonic() + plan.round_timeout_s + 3 * PHASE_SECONDS
     api = OrchestratorCalls(run.study, run.round)

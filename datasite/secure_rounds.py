@@ -289,40 +289,25 @@ def leave(key: tuple[str, int]) -> None:
 
 def upload_secure(run: RoundRun) -> bool:
     """Contribute a finished round's update to the secure sum (the hook in ``upload_result``)."""
-    from safetensors.numpy import load
-
     if services.plan_of(run.request).aggregation == "he":
         from datasite import he_rounds
 
-        return he_rounds.upload(run)
+        return contribute(run, he_rounds.upload)
+    return contribute(run, _upload_secagg)
+
+
+def contribute(run: RoundRun, take_part: Callable[[RoundRun], dict]) -> bool:
+    """Run this site's part in a secure round once per process and audit how it ended.
+
+    ``take_part`` returns what to record of its contribution, or raises ``SecureAbort``:
+    the site drops out of the round (the others' sum still completes). False when it
+    dropped out or another delivery of the round is running in this process."""
     key = (run.study, run.round)
     if not enter(key):
         log.info("secure round %s/%s already running in this process", *key)
         return False
     try:
-        request = run.request
-        plan = services.plan_of(request)
-        update = load((services.round_dir(run.study, run.round) / "update.safetensors").read_bytes())
-        enc = UpdateEncoding(
-            layout_from(update), plan.strategy, plan.secure.clip, plan.secure.max_weight, plan.local_steps
-        )
-        clipped = []
-
-        def vector_for(setup: dict, params: SecAggParams) -> np.ndarray:
-            layout = setup.get("layout", {})
-            if layout.get("manifest") != layout_to_json(enc.layout) or params.vector_length != enc.length:
-                raise SecureAbort("the session's layout differs from this site's update")
-            if params.clip != enc.clip:
-                raise SecureAbort(f"the session's clip {params.clip} differs from the approved {enc.clip}")
-            floats, n_clipped = enc.encode(update, run.num_examples, plan.local_steps)
-            clipped.append(n_clipped)
-            return params.quantize(floats)
-
-        metrics = {
-            k: v for k, v in services._public_metrics(run.metrics).items() if k not in _UNSHARED_METRICS
-        }
-        budget = plan.round_timeout_s + 3 * PHASE_SECONDS
-        outcome = _participate(run.study, run.round, request, vector_for, metrics, budget)
+        outcome = take_part(run)
     except SecureAbort as exc:
         log.warning("secure round %s/%s: this site drops out: %s", *key, exc)
         audit.record(
@@ -336,12 +321,36 @@ def upload_secure(run: RoundRun) -> bool:
         leave(key)
     RoundRun.objects.filter(pk=run.pk).update(uploaded_at=timezone.now())
     audit.record(
-        "round.secure_contributed",
-        audit.SYSTEM,
-        f"study:{run.study}",
-        {"round": run.round, **outcome, "clipped_values": sum(clipped)},
+        "round.secure_contributed", audit.SYSTEM, f"study:{run.study}", {"round": run.round, **outcome}
     )
     return True
+
+
+def _upload_secagg(run: RoundRun) -> dict:
+    from safetensors.numpy import load
+
+    request = run.request
+    plan = services.plan_of(request)
+    update = load((services.round_dir(run.study, run.round) / "update.safetensors").read_bytes())
+    enc = UpdateEncoding(
+        layout_from(update), plan.strategy, plan.secure.clip, plan.secure.max_weight, plan.local_steps
+    )
+    clipped = []
+
+    def vector_for(setup: dict, params: SecAggParams) -> np.ndarray:
+        layout = setup.get("layout", {})
+        if layout.get("manifest") != layout_to_json(enc.layout) or params.vector_length != enc.length:
+            raise SecureAbort("the session's layout differs from this site's update")
+        if params.clip != enc.clip:
+            raise SecureAbort(f"the session's clip {params.clip} differs from the approved {enc.clip}")
+        floats, n_clipped = enc.encode(update, run.num_examples, plan.local_steps)
+        clipped.append(n_clipped)
+        return params.quantize(floats)
+
+    metrics = {k: v for k, v in services._public_metrics(run.metrics).items() if k not in _UNSHARED_METRICS}
+    budget = plan.round_timeout_s + 3 * PHASE_SECONDS
+    outcome = _participate(run.study, run.round, request, vector_for, metrics, budget)
+    return {**outcome, "clipped_values": sum(clipped)}
 
 
 # ----------------------------------------------------------------------------- statistics
