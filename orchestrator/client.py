@@ -63,10 +63,18 @@ class Client:
         self.close()
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise FedsiloError(0, f"cannot reach {self.url}: {exc}") from exc
+        # a GET is retried once on a broken connection: the server may close an idle
+        # keep-alive connection just as the next request goes out on it
+        attempts = 2 if method == "GET" else 1
+        for attempt in range(attempts):
+            try:
+                response = self._http.request(method, path, **kwargs)
+                break
+            except httpx.TransportError as exc:
+                if attempt + 1 == attempts or isinstance(exc, httpx.TimeoutException):
+                    raise FedsiloError(0, f"cannot reach {self.url}: {exc}") from exc
+            except httpx.HTTPError as exc:
+                raise FedsiloError(0, f"cannot reach {self.url}: {exc}") from exc
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
