@@ -11,7 +11,7 @@ four SecAgg+ phases are separate HTTP messages from the sites (:mod:`orchestrato
 3. ``masked``  its :class:`~privacy.secagg.MaskedInput` (raw little-endian uint32 body)
 4. ``unmask``  its :class:`~privacy.secagg.UnmaskResponse` (and its public round metrics)
 
-State lives in the database and in one file, never in a process: the orchestrator serves
+State lives in the database and in files, never in a process: the orchestrator serves
 requests from several gunicorn workers and runs the engine in another process. Each message
 is validated by rebuilding a :class:`~privacy.secagg.SecAggServer` from the stored messages
 of the earlier phases (cheap: keys and ciphertexts, O(n²) small items) and calling its
