@@ -70,11 +70,10 @@ class Client:
             try:
                 response = self._http.request(method, path, **kwargs)
                 break
-            except httpx.TransportError as exc:
-                if attempt + 1 == attempts or isinstance(exc, httpx.TimeoutException):
-                    raise FedsiloError(0, f"cannot reach {self.url}: {exc}") from exc
             except httpx.HTTPError as exc:
-                raise FedsiloError(0, f"cannot reach {self.url}: {exc}") from exc
+                broken = isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.TimeoutException)
+                if not (broken and attempt + 1 < attempts):
+                    raise FedsiloError(0, f"cannot reach {self.url}: {exc}") from exc
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
