@@ -443,11 +443,11 @@ def make_study(n: int, names: list[str], weights, rounds: int, local_steps: int,
     """A study of the first ``n`` sites, approved and initialised, at the start of round 1."""
     from django.contrib.auth import get_user_model
 
+    from common.protocol import CodeBundle, DPPlan, Plan, SecurePlan
     from orchestrator import checkpoints, services
     from orchestrator.models import Study, StudySite
     from orchestrator.tensors import manifest_of
     from privacy.strategies import ServerState
-    from webapp.protocol import CodeBundle, DPPlan, Plan, SecurePlan
 
     researcher, _ = get_user_model().objects.get_or_create(username="researcher")
     plan = Plan(rounds=rounds, local_steps=local_steps, strategy="fedavg", min_sites=n, fraction=1.0,

@@ -2,7 +2,7 @@
 
 Compliance officers, data owners and node admins read it at every node. Events are listed
 newest first, filtered by action prefix, actor, target substring, date range and position
-in the chain. The chain is verified with :func:`compliance.audit.verify_chain` on every
+in the chain. The chain is verified with :func:`audit.trail.verify_chain` on every
 view (it is never cached: a cached "OK" would hide a later tampering).
 """
 
@@ -18,9 +18,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from compliance import audit
-from compliance.models import GENESIS_HASH, AuditEvent
-from webapp.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, role_required
+from audit import trail
+from audit.models import GENESIS_HASH, AuditEvent
+from common.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, role_required
 
 AUDIT_READERS = (COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN)
 PER_PAGE = 50
@@ -124,7 +124,7 @@ def _query_without_page(request: HttpRequest) -> str:
 @role_required(*AUDIT_READERS)
 def audit_log(request: HttpRequest) -> HttpResponse:
     """The chain status, then the (filtered) events, newest first, one page at a time."""
-    chain = audit.verify_chain()
+    chain = trail.verify_chain()
     form = AuditFilterForm(request.GET or None)
     status = 200
     if form.is_bound and not form.is_valid():

@@ -39,9 +39,9 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from compliance import audit
-from compliance.models import AuditEvent
-from webapp.roles import PERSON_ROLES
+from audit import trail
+from audit.models import AuditEvent
+from common.roles import PERSON_ROLES
 
 SCHEMA = "fedsilo.compliance-report/1"
 INFINITY = "Infinity"
@@ -110,7 +110,7 @@ class Scope:
             return f"study:{self.study}"
         if self.kind == "range":
             return f"range:{iso(self.since) or '-'}/{iso(self.until) or '-'}"
-        return f"site:{settings.NODE_NAME}"[: audit.MAX_TARGET]
+        return f"site:{settings.NODE_NAME}"[: trail.MAX_TARGET]
 
     def contains(self, at: datetime | None) -> bool:
         """Whether ``at`` lies in the range (always, for study and site scopes)."""
@@ -194,7 +194,7 @@ def _node() -> dict[str, Any]:
         "name": settings.NODE_NAME,
         "role": settings.ROLE,
         "public_url": settings.PUBLIC_URL,
-        "public_key": audit.public_key_b64(audit.signing_key()),
+        "public_key": trail.public_key_b64(trail.signing_key()),
         **node_settings(),
     }
 
@@ -219,9 +219,9 @@ def build_report(scope: Scope, actor: Any = None, fmt: str = "json") -> dict[str
     """Build (and audit) one report: the generation event first, then the chain, then the records."""
     builder = _OrchestratorReport() if settings.ROLE == "orchestrator" else _DatasiteReport()
     builder.load(scope)  # raises ReportError before anything is recorded
-    event = audit.record("report.generated", actor, scope.target,
+    event = trail.record("report.generated", actor, scope.target,
                          {"schema": SCHEMA, "scope": scope.to_dict(), "format": fmt})
-    chain = audit.verify_chain()
+    chain = trail.verify_chain()
     chain_dict = {
         "ok": chain.ok, "count": chain.count, "head_hash": chain.head_hash,
         "first_problem": chain.first_problem, "problem_seq": chain.problem_seq,

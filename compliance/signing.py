@@ -1,6 +1,6 @@
 """Detached Ed25519 signatures of JSON reports, and their verification against the audit chain.
 
-The signature covers the canonical JSON (:func:`webapp.signing.canonical_json`: sorted keys,
+The signature covers the canonical JSON (:func:`common.signing.canonical_json`: sorted keys,
 no whitespace) of the report, so the file itself may be pretty-printed. The ``.sig`` file holds
 the base64 signature on one line. A report verifies when
 
@@ -14,22 +14,22 @@ the base64 signature on one line. A report verifies when
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compliance import audit
-from compliance.models import GENESIS_HASH, AuditEvent
+from audit import trail
+from audit.models import GENESIS_HASH, AuditEvent
+from common.files import atomic_write
+from common.signing import sign, verify
 from compliance.reports import SCHEMA
-from webapp.signing import sign, verify
 
 SIG_SUFFIX = ".sig"
 
 
 def sign_report(report: dict[str, Any]) -> str:
     """Base64 Ed25519 signature of the report's canonical JSON, with the node's key."""
-    return sign(audit.signing_key(), report)
+    return sign(trail.signing_key(), report)
 
 
 def report_bytes(report: dict[str, Any]) -> bytes:
@@ -40,15 +40,9 @@ def report_bytes(report: dict[str, Any]) -> bytes:
 def write_signed(report: dict[str, Any], path: Path) -> tuple[Path, Path]:
     """Write ``path`` and ``path.sig`` atomically; return both paths."""
     sig_path = path.with_name(path.name + SIG_SUFFIX)
-    _write(path, report_bytes(report))
-    _write(sig_path, (sign_report(report) + "\n").encode())
+    atomic_write(path, report_bytes(report))
+    atomic_write(sig_path, (sign_report(report) + "\n").encode())
     return path, sig_path
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -95,7 +89,7 @@ def verify_report(report: dict[str, Any], signature: str) -> Verification:
     if not signed:
         result.problems.append("signature does not verify: the report was modified, or signed by another key")
         return result
-    own = audit.node_public_key()
+    own = trail.node_public_key()
     if own and key != own:
         result.problems.append("the report is signed by another key than this node's signing key")
     _check_head(report, key, result)
@@ -114,7 +108,7 @@ def _check_head(report: dict[str, Any], key: str, result: Verification) -> None:
     result.head_seq = event.seq
     if event.signer_key != key:
         result.problems.append(f"audit head #{event.seq} was signed by another key than the report")
-    chain = audit.verify_chain()
+    chain = trail.verify_chain()
     if not chain.ok:
         if chain.problem_seq is not None and chain.problem_seq <= event.seq:
             result.problems.append(f"audit chain is broken before the report's head: {chain.first_problem}")

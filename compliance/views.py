@@ -16,11 +16,11 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
+from audit.models import AuditEvent
+from common.roles import COMPLIANCE_OFFICER, DATA_OWNER, role_required
 from compliance import render as report_render
 from compliance import signing
-from compliance.models import AuditEvent
 from compliance.reports import ReportError, build_report, make_scope
-from webapp.roles import COMPLIANCE_OFFICER, DATA_OWNER, role_required
 
 READERS = (COMPLIANCE_OFFICER, DATA_OWNER)
 RECENT = 50

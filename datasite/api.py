@@ -9,12 +9,12 @@ from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from pydantic import Field, ValidationError
 
+from common.api import require_role
+from common.protocol import PURPOSE_PATTERN, CodeRequestIn, CodeRequestOut, Decision
+from common.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, PEER_NODE
 from datasite import secure_rounds, services
 from datasite.models import Dataset, RoundRun
 from datasite.tasks import enqueue_round
-from webapp.api import require_role
-from webapp.protocol import PURPOSE_PATTERN, CodeRequestIn, CodeRequestOut, Decision
-from webapp.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, PEER_NODE
 
 router = Router(tags=["datasite"])
 STUDY = r"^[0-9a-f]{32}$"

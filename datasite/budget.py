@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from common.protocol import Plan
 from datasite.models import Dataset, LedgerEntry
 from privacy.accounting import Mechanism, epsilon
-from webapp.protocol import Plan
 
 
 class BudgetError(Exception):

@@ -10,13 +10,13 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils import timezone
 
-from compliance import audit
+from audit import trail
+from common.models import ApiToken
+from common.node import load_node
+from common.protocol import Heartbeat, JoinRequest, JoinResponse, NodeInfo
+from common.roles import PEER_NODE
+from common.signing import sign
 from datasite.models import OrchestratorLink
-from webapp.models import ApiToken
-from webapp.node import load_node
-from webapp.protocol import Heartbeat, JoinRequest, JoinResponse, NodeInfo
-from webapp.roles import PEER_NODE
-from webapp.signing import sign
 
 log = logging.getLogger(__name__)
 ORCHESTRATOR_ACCOUNT = "node.orchestrator"
@@ -75,7 +75,7 @@ def join(orchestrator_url: str, token: str, timeout: float = 15.0) -> Orchestrat
                 f"(HTTP {response.status_code}): {_error_detail(response)}"
             )
         peer = JoinResponse.model_validate(response.json()).orchestrator
-        audit.record(
+        trail.record(
             "federation.joined",
             None,
             f"orchestrator:{peer.name}",

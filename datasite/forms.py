@@ -15,8 +15,8 @@ from typing import Any
 from django import forms
 from django.core.validators import RegexValidator
 
+from common.protocol import PURPOSE_PATTERN
 from datasite.models import ConsentEvent, Dataset
-from webapp.protocol import PURPOSE_PATTERN
 
 HASH_PATTERN = r"^[0-9a-f]{64}$"
 CSV_COLUMNS = ("contributor", "purpose", "given", "evidence")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -38,7 +37,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from safetensors.numpy import load, save
 
-from compliance import audit
+from audit import trail
+from common.files import atomic_write
+from common.node import load_node
 from datasite import services
 from datasite.models import CodeRequest, HEDecryption, HEKey, RoundRun
 from datasite.secure_rounds import (
@@ -50,7 +51,6 @@ from datasite.secure_rounds import (
 )
 from privacy import he
 from privacy.secure_vector import EncodingError, UpdateEncoding, layout_from, layout_to_json
-from webapp.node import load_node
 
 log = logging.getLogger(__name__)
 _UNSHARED_METRICS = ("frames_used", "episodes_used")  # the weight is inside the encrypted sum
@@ -80,17 +80,11 @@ def _key_path(study: str) -> Path:
 def _store(study: str, secret: he.SecretContext, key_holder: str) -> None:
     path = _key_path(study)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secret.data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, secret.data, private=True)
     HEKey.objects.create(study=study, key_id=secret.key_id.hex(), key_holder=key_holder)
-    audit.record(
+    trail.record(
         "he.key_stored",
-        audit.SYSTEM,
+        trail.SYSTEM,
         f"study:{study}",
         {"key_id": secret.key_id.hex(), "key_holder": key_holder},
     )
@@ -161,9 +155,9 @@ def make_key(study: str, statements: object) -> dict:
                 for site, pk in recipients.items()
             }
             ceremony = he.KeyCeremony(study, me, secret.key_id, secret.public_bytes(), envelopes)
-        audit.record(
+        trail.record(
             "he.key_sealed",
-            audit.SYSTEM,
+            trail.SYSTEM,
             f"study:{study}",
             {"key_id": ceremony.key_id.hex(), "recipients": sorted(recipients)},
         )
@@ -327,9 +321,9 @@ def decrypt(study: str, number: int, body: object) -> bytes:
     if row.aggregate_sha256 != digest.hexdigest():
         raise services.Conflict(f"this site already decrypted another aggregate of round {number}")
     if created:
-        audit.record(
+        trail.record(
             "he.decrypted",
-            audit.SYSTEM,
+            trail.SYSTEM,
             f"study:{study}",
             {"round": number, "contributors": contributors, "values": total},
         )

@@ -7,9 +7,9 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router, Status
 from ninja.errors import HttpError
 
+from common.api import require_role
+from common.roles import PEER_NODE
 from datasite import he_rounds, secure_rounds, services
-from webapp.api import require_role
-from webapp.roles import PEER_NODE
 
 router = Router(tags=["secure aggregation"])
 MAX_JSON_BYTES = 4 * 1024 * 1024

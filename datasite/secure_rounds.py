@@ -40,7 +40,9 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from compliance import audit
+from audit import trail
+from common.node import load_node
+from common.protocol import CodeRequestIn
 from datasite import services
 from datasite.models import CodeRequest, RoundRun
 from privacy.normstats import to_moments
@@ -61,8 +63,6 @@ from privacy.secure_vector import (
     layout_size,
     layout_to_json,
 )
-from webapp.node import load_node
-from webapp.protocol import CodeRequestIn
 
 log = logging.getLogger(__name__)
 SECURE_MODES = ("secagg", "he")  # he studies pool their statistics through secagg too
@@ -310,9 +310,9 @@ def contribute(run: RoundRun, take_part: Callable[[RoundRun], dict]) -> bool:
         outcome = take_part(run)
     except SecureAbort as exc:
         log.warning("secure round %s/%s: this site drops out: %s", *key, exc)
-        audit.record(
+        trail.record(
             "round.secure_aborted",
-            audit.SYSTEM,
+            trail.SYSTEM,
             f"study:{run.study}",
             {"round": run.round, "reason": str(exc)[:500]},
         )
@@ -320,8 +320,8 @@ def contribute(run: RoundRun, take_part: Callable[[RoundRun], dict]) -> bool:
     finally:
         leave(key)
     RoundRun.objects.filter(pk=run.pk).update(uploaded_at=timezone.now())
-    audit.record(
-        "round.secure_contributed", audit.SYSTEM, f"study:{run.study}", {"round": run.round, **outcome}
+    trail.record(
+        "round.secure_contributed", trail.SYSTEM, f"study:{run.study}", {"round": run.round, **outcome}
     )
     return True
 
@@ -394,10 +394,10 @@ def _run_stats(study: str, request_id: int, moments: dict, layout) -> None:
 
         budget = services.plan_of(request).round_timeout_s + 3 * PHASE_SECONDS
         outcome = _participate(study, 0, request, vector_for, None, budget)
-        audit.record("statistics.secure_contributed", audit.SYSTEM, f"study:{study}", outcome)
+        trail.record("statistics.secure_contributed", trail.SYSTEM, f"study:{study}", outcome)
     except SecureAbort as exc:
         log.warning("secure statistics of %s: this site drops out: %s", study, exc)
-        audit.record("statistics.secure_aborted", audit.SYSTEM, f"study:{study}", {"reason": str(exc)[:500]})
+        trail.record("statistics.secure_aborted", trail.SYSTEM, f"study:{study}", {"reason": str(exc)[:500]})
     except Exception:
         log.exception("secure statistics of %s crashed", study)
     finally:

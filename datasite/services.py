@@ -24,12 +24,9 @@ from django.db.models import Max
 from django.utils import timezone
 from pydantic import ValidationError
 
-from compliance import audit
-from datasite import budget
-from datasite.models import CodeRequest, ConsentEvent, Dataset, OrchestratorLink, RoundRun
-from privacy.accounting import Mechanism
-from webapp.errors import Conflict, Forbidden, NotFound, ServiceError
-from webapp.protocol import (
+from audit import trail
+from common.errors import Conflict, Forbidden, NotFound, ServiceError
+from common.protocol import (
     PURPOSE_PATTERN,
     CodeRequestIn,
     CodeRequestOut,
@@ -39,6 +36,9 @@ from webapp.protocol import (
     bundle_sha256,
     plan_sha256,
 )
+from datasite import budget
+from datasite.models import CodeRequest, ConsentEvent, Dataset, OrchestratorLink, RoundRun
+from privacy.accounting import Mechanism
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=float(getattr(settings, "FEDSILO_LEASE_SECONDS", 60)))
@@ -83,7 +83,7 @@ def register_dataset(name: str, root: str | Path, epsilon_max: float, delta: flo
             delta=delta,
             registered_by=user,
         )
-        audit.record(
+        trail.record(
             "dataset.registered",
             user,
             f"dataset:{name}",
@@ -131,7 +131,7 @@ def record_consent(
         event = ConsentEvent.objects.create(
             contributor=contributor, purpose=purpose, given=given, evidence=evidence, recorded_by=user
         )
-        audit.record(
+        trail.record(
             "consent.given" if given else "consent.withdrawn",
             user,
             f"contributor:{contributor}",
@@ -229,7 +229,7 @@ def receive_code_request(body: CodeRequestIn) -> CodeRequest:
             site_keys=body.site_keys,  # secure aggregation: the peers' keys the data owner approves
         )
         request.datasets.set(datasets)
-        audit.record(
+        trail.record(
             "code_request.received",
             _orchestrator_name(),
             f"study:{body.study}",
@@ -322,7 +322,7 @@ def decide(
                     eps = budget.reserve(ds, request.study, mech, plan.rounds)
                 except budget.BudgetError as exc:
                     raise Conflict(str(exc)) from exc
-                audit.record(
+                trail.record(
                     "budget.reserved",
                     user,
                     f"dataset:{ds.name}",
@@ -338,7 +338,7 @@ def decide(
         request.decided_at = timezone.now()
         request.reason = reason
         request.save()
-        audit.record(
+        trail.record(
             f"code_request.{request.status}",
             user,
             f"study:{request.study}",
@@ -363,7 +363,7 @@ def revoke(request: CodeRequest, user, reason: str) -> CodeRequest:
         request.decided_by = user
         request.decided_at = timezone.now()
         request.save()
-        audit.record(
+        trail.record(
             "code_request.revoked",
             user,
             f"study:{request.study}",
@@ -371,7 +371,7 @@ def revoke(request: CodeRequest, user, reason: str) -> CodeRequest:
         )
         for ds in request.datasets.all():
             budget.release(ds, request.study)
-            audit.record("budget.released", user, f"dataset:{ds.name}", {"study": request.study})
+            trail.record("budget.released", user, f"dataset:{ds.name}", {"study": request.study})
     return request
 
 
@@ -456,7 +456,7 @@ def accept_assignment(assignment: RoundAssignment, weights: bytes) -> tuple[Roun
                 eval_only=assignment.eval_only,
                 assignment=assignment.model_dump(),
             )
-            audit.record(
+            trail.record(
                 "round.assigned",
                 _orchestrator_name(),
                 f"study:{run.study}",
@@ -482,8 +482,8 @@ def _claim(run_id: int) -> RoundRun | None:
         run.lease_until = now + LEASE
         run.error = ""
         run.save()
-        audit.record(
-            "round.started", audit.SYSTEM, f"study:{run.study}", {"round": run.round, "attempt": run.attempts}
+        trail.record(
+            "round.started", trail.SYSTEM, f"study:{run.study}", {"round": run.round, "attempt": run.attempts}
         )
     return run
 
@@ -532,7 +532,7 @@ def _checks(run: RoundRun) -> tuple[CodeRequest, Plan, Dataset, EpisodeSplit, Me
 
 
 def _bundle(request: CodeRequest):
-    from webapp.protocol import CodeBundle
+    from common.protocol import CodeBundle
 
     return CodeBundle.model_validate(request.code)
 
@@ -571,9 +571,9 @@ def execute_round(run_id: int) -> None:
                 finished_at=timezone.now(),
                 lease_until=None,
             )
-            audit.record(
+            trail.record(
                 "round.failed",
-                audit.SYSTEM,
+                trail.SYSTEM,
                 f"study:{run.study}",
                 {"round": run.round, "error": message[:500]},
             )
@@ -586,16 +586,16 @@ def execute_round(run_id: int) -> None:
         run = RoundRun.objects.select_for_update().get(pk=run.pk)
         if run.status == RoundRun.Status.DONE:  # a duplicate finished first: keep its result
             return
-        audit.record(
+        trail.record(
             "data.accessed",
-            audit.SYSTEM,
+            trail.SYSTEM,
             f"dataset:{ds.name}",
             {"study": run.study, "round": run.round, "episodes": episodes_read},
         )
         if mechanism is not None and budget.charge(ds, run.study, run.round, mechanism):
-            audit.record(
+            trail.record(
                 "budget.charged",
-                audit.SYSTEM,
+                trail.SYSTEM,
                 f"dataset:{ds.name}",
                 {"study": run.study, "round": run.round, "mechanism": mechanism.to_dict()},
             )
@@ -608,9 +608,9 @@ def execute_round(run_id: int) -> None:
         run.finished_at = timezone.now()
         run.lease_until = None
         run.save()
-        audit.record(
+        trail.record(
             "round.finished",
-            audit.SYSTEM,
+            trail.SYSTEM,
             f"study:{run.study}",
             {"round": run.round, "epsilon_spent": metrics["epsilon_spent"]},
         )

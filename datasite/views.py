@@ -25,12 +25,12 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import DiffLexer, JsonLexer, PythonLexer
 
+from common.protocol import Plan
+from common.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, has_role, role_required
 from datasite import budget, plots, services
 from datasite.forms import ConsentForm, ConsentImportForm, DecisionForm, RevokeForm, known_contributors
 from datasite.models import CodeRequest, ConsentEvent, Dataset, LedgerEntry
 from privacy.accounting import Mechanism, epsilon
-from webapp.protocol import Plan
-from webapp.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, has_role, role_required
 
 VIEWERS = (DATA_OWNER, COMPLIANCE_OFFICER)
 DATASET_VIEWERS = (DATA_OWNER, COMPLIANCE_OFFICER, NODE_ADMIN)

@@ -5,13 +5,13 @@ from ninja import Form, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import Field, ValidationError
 
+from common.api import require_role, this_node
+from common.protocol import CodeBundle, DatasiteOut, Heartbeat, JoinRequest, JoinResponse, Plan, RoundUpload
+from common.roles import NODE_ADMIN, PEER_NODE, RESEARCHER, has_role
 from orchestrator import services
 from orchestrator.federation import FederationError, accept_join, record_heartbeat
 from orchestrator.models import Datasite, Study
 from orchestrator.sites import SiteClient, SiteUnreachable
-from webapp.api import require_role, this_node
-from webapp.protocol import CodeBundle, DatasiteOut, Heartbeat, JoinRequest, JoinResponse, Plan, RoundUpload
-from webapp.roles import NODE_ADMIN, PEER_NODE, RESEARCHER, has_role
 
 federation = Router(tags=["federation"])
 

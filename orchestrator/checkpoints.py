@@ -9,11 +9,11 @@ leaves a half checkpoint: the latest complete one is where a restarted orchestra
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from django.conf import settings
 
+from common.files import atomic_write
 from orchestrator.tensors import Arrays, from_bytes, to_bytes
 from privacy.strategies import ServerState
 
@@ -22,15 +22,6 @@ def study_dir(study_id: str) -> Path:
     path = Path(settings.DATA_DIR) / "studies" / study_id
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _paths(study_id: str, round_number: int) -> tuple[Path, Path]:
@@ -45,8 +36,8 @@ def _paths(study_id: str, round_number: int) -> tuple[Path, Path]:
 def save(study_id: str, round_number: int, weights: Arrays, state: ServerState) -> Path:
     weights_path, state_path = _paths(study_id, round_number)
     tensors, meta = state.to_checkpoint()
-    _atomic_write(state_path, to_bytes(tensors, {"state": json.dumps(meta)}))
-    _atomic_write(weights_path, to_bytes(weights, {"round": str(round_number)}))
+    atomic_write(state_path, to_bytes(tensors, {"state": json.dumps(meta)}))
+    atomic_write(weights_path, to_bytes(weights, {"round": str(round_number)}))
     return weights_path
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from compliance import audit
+from audit import trail
+from common.protocol import Plan
 from orchestrator import checkpoints
 from orchestrator.models import Round, SiteUpdate, Study, StudySite
 from orchestrator.sites import SiteClient, SiteUnreachable
@@ -26,7 +27,6 @@ from orchestrator.tensors import from_bytes, manifest_of
 from privacy.normstats import aggregate_stats
 from privacy.robust import aggregate_robust, min_updates
 from privacy.strategies import ClientResult, ServerHParams, ServerState, aggregate_plain, server_update
-from webapp.protocol import Plan
 
 log = logging.getLogger(__name__)
 RESEND_EVERY = timedelta(seconds=20)
@@ -42,7 +42,7 @@ def _fail(study: Study, reason: str) -> None:
         Study.objects.filter(pk=study.pk).update(
             status=Study.Status.FAILED, error=reason, finished_at=timezone.now()
         )
-        audit.record("study.failed", audit.SYSTEM, f"study:{study.pk}", {"reason": reason})
+        trail.record("study.failed", trail.SYSTEM, f"study:{study.pk}", {"reason": reason})
 
 
 def _set(study: Study, **fields) -> None:
@@ -53,8 +53,8 @@ def _set(study: Study, **fields) -> None:
     with transaction.atomic():
         study.save(update_fields=[*fields, "updated_at"])
         if study.status != old:
-            audit.record(
-                f"study.{study.status}", audit.SYSTEM, f"study:{study.pk}", {"round": study.current_round}
+            trail.record(
+                f"study.{study.status}", trail.SYSTEM, f"study:{study.pk}", {"round": study.current_round}
             )
 
 
@@ -230,9 +230,9 @@ def _drive_round(study: Study) -> None:
                 participants=_participants(study, number),
                 deadline=timezone.now() + timedelta(seconds=plan.round_timeout_s),
             )
-            audit.record(
+            trail.record(
                 "round.started",
-                audit.SYSTEM,
+                trail.SYSTEM,
                 f"study:{study.pk}",
                 {"round": number, "participants": rnd.participants, "eval_only": eval_only},
             )
@@ -307,9 +307,9 @@ def finish_round(
         Round.objects.filter(pk=rnd.pk).update(
             status=Round.Status.DONE, dropped=dropped, metrics=metrics, finished_at=timezone.now()
         )
-        audit.record(
+        trail.record(
             "round.finished",
-            audit.SYSTEM,
+            trail.SYSTEM,
             f"study:{study.pk}",
             {
                 "round": rnd.number,
@@ -323,7 +323,7 @@ def finish_round(
             Study.objects.filter(pk=study.pk).update(
                 status=Study.Status.FINISHED, phase="", finished_at=timezone.now()
             )
-            audit.record("study.finished", audit.SYSTEM, f"study:{study.pk}", {"rounds": rnd.number - 1})
+            trail.record("study.finished", trail.SYSTEM, f"study:{study.pk}", {"rounds": rnd.number - 1})
         else:
             Study.objects.filter(pk=study.pk).update(current_round=rnd.number + 1, phase="train")
 

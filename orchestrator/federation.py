@@ -7,12 +7,12 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils import timezone
 
-from compliance import audit
+from audit import trail
+from common.models import ApiToken
+from common.protocol import JoinRequest
+from common.roles import PEER_NODE
+from common.signing import verify
 from orchestrator.models import Datasite
-from webapp.models import ApiToken
-from webapp.protocol import JoinRequest
-from webapp.roles import PEER_NODE
-from webapp.signing import verify
 
 
 class FederationError(Exception):
@@ -34,7 +34,7 @@ def invite_datasite(name: str, lifetime: timedelta = timedelta(days=7)) -> tuple
     user.groups.add(Group.objects.get(name=PEER_NODE))
     site = Datasite.objects.create(name=name, account=user)
     token, raw = ApiToken.issue(user, f"join:{name}", lifetime)
-    audit.record("federation.invited", None, f"datasite:{name}", {"token": token.key})
+    trail.record("federation.invited", None, f"datasite:{name}", {"token": token.key})
     return site, raw
 
 
@@ -64,7 +64,7 @@ def accept_join(user, request: JoinRequest) -> Datasite:
     site.joined_at = site.joined_at or timezone.now()
     site.last_heartbeat = timezone.now()
     site.save()
-    audit.record(
+    trail.record(
         "federation.joined",
         f"node:{site.name}",
         f"datasite:{site.name}",

@@ -43,8 +43,10 @@ from django.utils import timezone
 from safetensors import SafetensorError
 from safetensors.numpy import load
 
-from compliance import audit
-from orchestrator import checkpoints, engine
+from audit import trail
+from common.files import atomic_write
+from common.protocol import Plan
+from orchestrator import engine
 from orchestrator.models import Datasite, Round, SiteUpdate, Study
 from orchestrator.secure_models import SecureMessage, SecureSession, StudyKey
 from orchestrator.secure_rounds import (
@@ -65,7 +67,6 @@ from orchestrator.services import Conflict, ServiceError
 from orchestrator.sites import SiteClient, SiteUnreachable
 from privacy import he
 from privacy.secure_vector import layout_to_json
-from webapp.protocol import Plan
 
 log = logging.getLogger(__name__)
 Phase = SecureSession.Phase
@@ -118,9 +119,9 @@ def ceremony(study: Study) -> bool:
         key.save(update_fields=["delivered"])
     with transaction.atomic():
         StudyKey.objects.filter(pk=key.pk).update(envelopes={}, done=True)
-        audit.record(
+        trail.record(
             "he.key_delivered",
-            audit.SYSTEM,
+            trail.SYSTEM,
             f"study:{study.pk}",
             {"key_id": key.key_id, "key_holder": key.key_holder, "recipients": key.delivered},
         )
@@ -169,9 +170,9 @@ def _make_key(study: Study, sites: list[Datasite]) -> StudyKey | None:
         key = StudyKey.objects.create(
             study=study, key_holder=holder.name, key_id=key_id.hex(), envelopes=envelopes
         )
-        audit.record(
+        trail.record(
             "he.key_made",
-            audit.SYSTEM,
+            trail.SYSTEM,
             f"study:{study.pk}",
             {"key_id": key.key_id, "key_holder": holder.name, "recipients": sorted(envelopes)},
         )
@@ -256,7 +257,7 @@ def receive_chunk(site: Datasite, study_id: str, number: int, index: int, blob: 
         raise ServiceError(f"rejected chunk: {exc}") from exc
     folder = _uploads(session, site.name)
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoints._atomic_write(folder / f"{index:06d}.ckks", blob)
+    atomic_write(folder / f"{index:06d}.ckks", blob)
 
 
 def commit(site: Datasite, study_id: str, number: int, data: object) -> None:
@@ -346,9 +347,9 @@ def _open(study: Study, rnd: Round) -> SecureSession | None:
             },
         )
         if created:
-            audit.record(
+            trail.record(
                 "he.opened",
-                audit.SYSTEM,
+                trail.SYSTEM,
                 f"study:{study.pk}",
                 {"round": rnd.number, "sites": list(rnd.participants), "key_id": key.key_id},
             )
@@ -381,7 +382,7 @@ def _close_uploads(study: Study, session: SecureSession) -> bool:
             files, key_id=key_id, total_values=length, chunk_values=chunk_values, workers=SUM_WORKERS
         )
         for index, aggregate in enumerate(aggregates):
-            checkpoints._atomic_write(_aggregate_path(session, index), aggregate)
+            atomic_write(_aggregate_path(session, index), aggregate)
     except (he.HEError, OSError, BrokenProcessPool) as exc:
         fail_session(session, f"the encrypted sum could not be formed: {exc}")
         return False
@@ -418,9 +419,9 @@ def _decrypt(study: Study, rnd: Round, session: SecureSession) -> None:
             ).content
         except SiteUnreachable as exc:
             log.warning("%s did not decrypt round %s: %s", name, rnd.number, exc)
-            audit.record(
+            trail.record(
                 "he.decrypt_failed",
-                audit.SYSTEM,
+                trail.SYSTEM,
                 f"study:{study.pk}",
                 {"round": rnd.number, "site": name, "error": str(exc)[:300]},
             )
@@ -433,7 +434,7 @@ def _decrypt(study: Study, rnd: Round, session: SecureSession) -> None:
     if summed.shape != (length,) or summed.dtype != np.float64 or not np.isfinite(summed).all():
         log.warning("%s answered a sum of the wrong shape or with non-finite values", name)
         return
-    audit.record("he.decrypted", audit.SYSTEM, f"study:{study.pk}", {"round": rnd.number, "site": name})
+    trail.record("he.decrypted", trail.SYSTEM, f"study:{study.pk}", {"round": rnd.number, "site": name})
     close_round(
         study,
         rnd,

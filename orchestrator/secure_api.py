@@ -16,11 +16,11 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router, Status
 from ninja.errors import HttpError
 
+from common.api import require_role
+from common.roles import PEER_NODE
 from orchestrator import he_rounds, secure_rounds
 from orchestrator.secure_models import SecureSession
 from orchestrator.services import ServiceError
-from webapp.api import require_role
-from webapp.roles import PEER_NODE
 
 router = Router(tags=["secure aggregation"])
 BASE = "/studies/{study_id}/rounds/{round_number}"

@@ -66,7 +66,9 @@ import numpy as np
 from django.db import transaction
 from django.utils import timezone
 
-from compliance import audit
+from audit import trail
+from common.files import atomic_write
+from common.protocol import Plan
 from orchestrator import checkpoints, engine
 from orchestrator.models import Datasite, Round, SiteUpdate, Study, StudySite
 from orchestrator.secure_models import SecureMessage, SecureSession
@@ -97,7 +99,6 @@ from privacy.secure_vector import (
     layout_to_json,
 )
 from privacy.strategies import ServerHParams, ServerState, aggregate, server_update
-from webapp.protocol import Plan
 
 log = logging.getLogger(__name__)
 SECURE_MODES = ("secagg", "he")
@@ -194,9 +195,9 @@ def open_session(
             },
         )
         if created:
-            audit.record(
+            trail.record(
                 "secagg.opened",
-                audit.SYSTEM,
+                trail.SYSTEM,
                 f"study:{study.pk}",
                 {
                     "round": number,
@@ -319,7 +320,7 @@ def record(session: SecureSession, site: Datasite, phase: str, payload: dict) ->
     SecureMessage.objects.update_or_create(
         session=session, phase=phase, site=site.name, defaults={"payload": payload}
     )
-    audit.record(
+    trail.record(
         f"{session.mode}.{phase}_received",
         f"node:{site.name}",
         f"study:{session.study_id}",
@@ -467,7 +468,7 @@ def receive_masked(site: Datasite, study_id: str, number: int, blob: bytes) -> N
             raise Conflict(f"{site.name} did not share keys in time")
         if site.name in _included(folder):
             raise Conflict(f"{site.name} already sent its masked input")
-        checkpoints._atomic_write(folder / f"{site.name}.masked", blob)
+        atomic_write(folder / f"{site.name}.masked", blob)
         with transaction.atomic():
             record(session, site, "masked", msg.header())
 
@@ -553,9 +554,9 @@ def move(session: SecureSession, phase: str, **fields) -> None:
     for key, value in fields.items():
         setattr(session, key, value)
     session.phase, session.phase_deadline = phase, deadline
-    audit.record(
+    trail.record(
         "secagg.phase",
-        audit.SYSTEM,
+        trail.SYSTEM,
         f"study:{session.study_id}",
         {"round": session.number, "phase": phase, **fields},
     )
@@ -794,9 +795,9 @@ def _finish_stats(study: Study, session: SecureSession, q_sum: np.ndarray) -> bo
     discard_files(session)
     with transaction.atomic():
         SecureSession.objects.filter(pk=session.pk).update(phase=Phase.DONE)
-        audit.record(
+        trail.record(
             "statistics.pooled",
-            audit.SYSTEM,
+            trail.SYSTEM,
             f"study:{study.pk}",
             {
                 "mode": session.mode,

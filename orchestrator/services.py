@@ -13,14 +13,14 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from compliance import audit
+from audit import trail
+from common.errors import Conflict, NotFound, ServiceError, TooLarge
+from common.protocol import CodeBundle, Plan, RoundUpload, bundle_sha256, plan_sha256
 from orchestrator import checkpoints
 from orchestrator.models import Datasite, Round, SiteUpdate, Study, StudySite
 from orchestrator.tensors import TensorError, check, expected_bytes, from_bytes
 from privacy.robust import check_strategy, min_updates
 from privacy.strategies import ServerHParams
-from webapp.errors import Conflict, NotFound, ServiceError, TooLarge
-from webapp.protocol import CodeBundle, Plan, RoundUpload, bundle_sha256, plan_sha256
 
 
 def propose(researcher, title: str, code: CodeBundle, plan: Plan, datasets: dict[str, str]) -> Study:
@@ -53,7 +53,7 @@ def propose(researcher, title: str, code: CodeBundle, plan: Plan, datasets: dict
         )
         for name, dataset in sorted(datasets.items()):
             StudySite.objects.create(study=study, datasite=sites[name], dataset=dataset)
-        audit.record(
+        trail.record(
             "study.proposed",
             researcher,
             f"study:{study.pk}",
@@ -96,7 +96,7 @@ def get_study(study_id: str, user=None) -> Study:
 
 
 def _may_read(user, study: Study) -> bool:
-    from webapp.roles import NODE_ADMIN, has_role
+    from common.roles import NODE_ADMIN, has_role
 
     return study.researcher_id == user.pk or has_role(user, NODE_ADMIN)
 
@@ -109,7 +109,7 @@ def cancel(study: Study) -> Study:
         study.status = Study.Status.CANCELLED
         study.finished_at = timezone.now()
         study.save()
-        audit.record("study.cancelled", None, f"study:{study.pk}", {"round": study.current_round})
+        trail.record("study.cancelled", None, f"study:{study.pk}", {"round": study.current_round})
     return study
 
 
@@ -166,7 +166,7 @@ def receive_upload(
                 error=meta.error,
                 path=path,
             )
-            audit.record(
+            trail.record(
                 "round.update_received",
                 f"node:{site.name}",
                 f"study:{study_id}",

@@ -16,11 +16,11 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from compliance import audit
+from audit import trail
+from common.protocol import RobustPlan
+from common.roles import NODE_ADMIN, RESEARCHER, has_role, role_required
 from orchestrator import plots, services
 from orchestrator.models import Datasite, Study
-from webapp.protocol import RobustPlan
-from webapp.roles import NODE_ADMIN, RESEARCHER, has_role, role_required
 
 READERS = (RESEARCHER, NODE_ADMIN)
 STALE_BEATS = 3  # a site is stale after this many missed heartbeat periods
@@ -185,7 +185,7 @@ def study_model(request: HttpRequest, study_id: str) -> FileResponse:
         path = services.model_path(study)
     except services.NotFound as exc:
         raise Http404(str(exc)) from exc
-    audit.record(
+    trail.record(
         "model.downloaded",
         request.user,
         f"study:{study.pk}",

@@ -7,7 +7,7 @@ Every view requires an authenticated user unless it is marked with Django's
 from django.contrib.auth.middleware import LoginRequiredMiddleware
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from webapp.models import ApiToken
+from common.models import ApiToken
 
 API_PREFIX = "/api/"
 

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.http import HttpRequest
 
-from webapp.roles import PERSON_ROLES
+from common.roles import PERSON_ROLES
 
 
 def node(request: HttpRequest) -> dict:

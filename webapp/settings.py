@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from webapp.node import NodeConfig, load_node
+from common.node import NodeConfig, load_node
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -42,6 +42,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "ninja",
+    "common",
+    "audit",
     "webapp",
     "compliance",
     "datasite",

@@ -1,7 +1,7 @@
 """Custom training code: a researcher's Python module and its documented entry point.
 
 A study's code is either a recipe (a name and a config) or a **module bundle**
-(``CodeBundle(kind="module")`` in :mod:`webapp.protocol`)::
+(``CodeBundle(kind="module")`` in :mod:`common.protocol`)::
 
     {"kind": "module",
      "source": "<Python source text, at most 200 kB>",

@@ -18,14 +18,14 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from compliance import audit
-from compliance.models import AuditEvent
+from audit import trail
+from audit.models import AuditEvent
+from common.roles import COMPLIANCE_OFFICER, RESEARCHER
 from orchestrator import checkpoints
 from orchestrator.models import Round, StudySite
 from privacy.strategies import ServerState
 from tests.datasite.test_ui import give_consent, make_user
 from tests.orchestrator.test_views import WEIGHTS, make_site, make_study, site_metrics
-from webapp.roles import COMPLIANCE_OFFICER, RESEARCHER
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 PASSWORD = "correct-horse-battery-staple-42"
@@ -51,7 +51,7 @@ def test_compliance_officer_sees_the_chain_verified_then_broken(live_server, new
     base = live_server.url
     make_user("carl", COMPLIANCE_OFFICER, password=PASSWORD)
     give_consent("c-alice", "c-bob")
-    audit.record("code_request.received", "node:orch", "study:aaaa1111", {"version": 1})
+    trail.record("code_request.received", "node:orch", "study:aaaa1111", {"version": 1})
 
     page = new_page()
     log_in(page, base, "carl")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+from common.roles import DATA_OWNER, RESEARCHER
 from datasite import services
 from datasite.models import CodeRequest, ConsentEvent, LedgerEntry
 from tests.datasite.test_ui import give_consent, make_dataset, make_request, make_user
-from webapp.roles import DATA_OWNER, RESEARCHER
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 PASSWORD = "correct-horse-battery-staple-42"

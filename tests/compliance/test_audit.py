@@ -10,10 +10,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, connections, transaction
 
-from compliance import audit
-from compliance.models import GENESIS_HASH, AppendOnlyError, AuditEvent
-from webapp.node import create_node
-from webapp.signing import sign
+from audit import trail
+from audit.models import GENESIS_HASH, AppendOnlyError, AuditEvent
+from common.node import create_node
+from common.signing import sign
 
 pytestmark = pytest.mark.postgres
 db = pytest.mark.django_db
@@ -22,7 +22,7 @@ TRIGGER = "compliance_auditevent_append_only"
 
 
 def make_chain(n: int = 5) -> list[AuditEvent]:
-    return [audit.record("test.step", f"alice-{i}", f"thing:{i}", {"i": i}) for i in range(n)]
+    return [trail.record("test.step", f"alice-{i}", f"thing:{i}", {"i": i}) for i in range(n)]
 
 
 def raw(sql: str, params: list | tuple = ()) -> None:
@@ -49,7 +49,7 @@ def as_table_owner():
 
 
 def problem() -> str:
-    report = audit.verify_chain()
+    report = trail.verify_chain()
     assert not report.ok
     return report.first_problem or ""
 
@@ -57,16 +57,16 @@ def problem() -> str:
 @db
 def test_chain_of_events_verifies():
     user = get_user_model().objects.create_user("dora")
-    first = audit.record("consent.withdrawn", user, "contributor:c-123", {"purpose": "policy-training"})
-    audit.record("study.created", None, "study:1")
-    audit.record("round.started", "orchestrator-1", "study:1", {"round": 1, "sites": ["a", "b"]})
-    last = audit.record("budget.charged", "system", "dataset:7", {"eps": 0.25, "delta": 1e-5})
+    first = trail.record("consent.withdrawn", user, "contributor:c-123", {"purpose": "policy-training"})
+    trail.record("study.created", None, "study:1")
+    trail.record("round.started", "orchestrator-1", "study:1", {"round": 1, "sites": ["a", "b"]})
+    last = trail.record("budget.charged", "system", "dataset:7", {"eps": 0.25, "delta": 1e-5})
     assert (first.seq, first.prev_hash, first.actor) == (1, GENESIS_HASH, "dora")
     assert AuditEvent.objects.get(seq=2).actor == "system"
     assert [e.prev_hash for e in AuditEvent.objects.all()[1:]] == [
         e.hash for e in AuditEvent.objects.all()[:3]
     ]
-    report = audit.verify_chain()
+    report = trail.verify_chain()
     assert report.ok and report.first_problem is None, report
     assert (report.count, report.head_hash) == (4, last.hash)
     assert report.warnings == []
@@ -74,7 +74,7 @@ def test_chain_of_events_verifies():
 
 @db
 def test_empty_chain_is_ok():
-    report = audit.verify_chain()
+    report = trail.verify_chain()
     assert (report.ok, report.count, report.head_hash) == (True, 0, GENESIS_HASH)
 
 
@@ -83,8 +83,8 @@ def test_json_values_survive_the_database_round_trip():
     """jsonb rewrites numbers (1e20 -> integer); the hash must cover what verification reads."""
     data = {"big": 1e20, "tiny": 1e-7, "neg0": -0.0, "one": 1.0, "int": 2**70, "s": "é\u2028\"\\",
             "nested": {"b": [1, 2.5, None, True], "a": {}}}
-    audit.record("test.numbers", None, "", data)
-    assert audit.verify_chain().ok
+    trail.record("test.numbers", None, "", data)
+    assert trail.verify_chain().ok
     assert AuditEvent.objects.get().data["s"] == "é\u2028\"\\"
 
 
@@ -103,19 +103,19 @@ def test_json_values_survive_the_database_round_trip():
 ])
 def test_record_refuses_bad_input(action, actor, target, data, error):
     with pytest.raises(error):
-        audit.record(action, actor, target, data)
+        trail.record(action, actor, target, data)
     assert not AuditEvent.objects.exists()
 
 
 @db
 def test_event_rolls_back_with_the_change_it_records():
-    audit.record("test.kept")
+    trail.record("test.kept")
     with contextlib.suppress(RuntimeError), transaction.atomic():
-        audit.record("test.rolled_back")
+        trail.record("test.rolled_back")
         raise RuntimeError("the state change failed")
-    audit.record("test.after")
+    trail.record("test.after")
     assert list(AuditEvent.objects.values_list("action", flat=True)) == ["test.kept", "test.after"]
-    assert audit.verify_chain().ok
+    assert trail.verify_chain().ok
 
 
 @db
@@ -141,10 +141,10 @@ def test_orm_refuses_changes_and_deletes():
         AuditEvent.objects.bulk_update([event], ["actor"])
     with pytest.raises(AppendOnlyError):
         AuditEvent.objects.bulk_create([AuditEvent(seq=9)])
-    with pytest.raises(AppendOnlyError, match=r"audit\.record"):
+    with pytest.raises(AppendOnlyError, match=r"audit\.trail\.record"):
         AuditEvent.objects.create(seq=4, action="x.y", actor="mallory", prev_hash="f" * 64)
     assert AuditEvent.objects.count() == 3
-    assert audit.verify_chain().ok
+    assert trail.verify_chain().ok
 
 
 @db
@@ -157,7 +157,7 @@ def test_database_trigger_refuses_raw_sql():
                 transaction.atomic():
             raw(sql)
     assert AuditEvent.objects.count() == 2
-    assert audit.verify_chain().ok
+    assert trail.verify_chain().ok
 
 
 @db
@@ -166,7 +166,7 @@ def test_changed_data_is_a_hash_mismatch():
     with as_table_owner():
         raw(f"UPDATE {TABLE} SET data = %s WHERE seq = 3", ['{"i": 99}'])  # noqa: S608
     assert problem() == "seq 3: hash mismatch (content changed)"
-    report = audit.verify_chain()
+    report = trail.verify_chain()
     assert (report.problem_seq, report.count) == (3, 2)
 
 
@@ -231,12 +231,12 @@ def test_swapped_events_are_reordered():
 @db
 def test_anchor_finds_a_cut_tail():
     make_chain(4)
-    head = audit.verify_chain().head_hash
-    assert audit.verify_chain(anchor=head).ok
+    head = trail.verify_chain().head_hash
+    assert trail.verify_chain(anchor=head).ok
     with as_table_owner():
         raw(f"DELETE FROM {TABLE} WHERE seq = 4")  # noqa: S608
-    assert audit.verify_chain().ok  # a hash chain alone cannot see this
-    report = audit.verify_chain(anchor=head)
+    assert trail.verify_chain().ok  # a hash chain alone cannot see this
+    report = trail.verify_chain(anchor=head)
     assert not report.ok and f"anchor {head} is not in the chain" in report.first_problem
 
 
@@ -254,12 +254,12 @@ def test_verify_audit_command(capsys):
 
 @db
 def test_node_key_signs_and_foreign_keys_are_warned(settings, tmp_path, capsys):
-    audit.record("test.ephemeral")  # no node folder: the per-process ephemeral key
+    trail.record("test.ephemeral")  # no node folder: the per-process ephemeral key
     node = create_node(tmp_path / "node", "datasite", "site-a", "http://127.0.0.1:8101")
     settings.NODE_DIR = node.dir
-    event = audit.record("test.node")
-    assert event.signer_key == node.public_keys()["signing_key"] == audit.node_public_key()
-    report = audit.verify_chain()
+    event = trail.record("test.node")
+    assert event.signer_key == node.public_keys()["signing_key"] == trail.node_public_key()
+    report = trail.verify_chain()
     assert report.ok and report.count == 2
     assert report.warnings and "1 event(s) signed by a key that is not this node's" in report.warnings[0]
     call_command("verify_audit")
@@ -270,7 +270,7 @@ def test_node_key_signs_and_foreign_keys_are_warned(settings, tmp_path, capsys):
 
 @db
 def test_sqlite_settings_serialise_writers():
-    assert audit.check_sqlite_transaction_mode() == []
+    assert trail.check_sqlite_transaction_mode() == []
     if connection.vendor == "sqlite":
         assert connection.settings_dict["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
 
@@ -284,7 +284,7 @@ def append_concurrently(using: str, threads: int = 8, each: int = 10) -> list[Ba
         try:
             start.wait()
             for i in range(each):
-                audit.record("test.concurrent", f"writer-{t}", f"n:{i}", {"t": t, "i": i}, using=using)
+                trail.record("test.concurrent", f"writer-{t}", f"n:{i}", {"t": t, "i": i}, using=using)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -299,7 +299,7 @@ def append_concurrently(using: str, threads: int = 8, each: int = 10) -> list[Ba
 
 
 def assert_one_chain(using: str, n: int) -> None:
-    report = audit.verify_chain(using=using)
+    report = trail.verify_chain(using=using)
     assert report.ok, report.first_problem
     assert report.count == AuditEvent.objects.using(using).count() == n
     assert list(AuditEvent.objects.using(using).values_list("seq", flat=True)) == list(range(1, n + 1))
@@ -351,4 +351,4 @@ def test_sign_in_sign_out_and_failed_sign_in_are_events(client):
     assert len(events) == 4
     dump = str(events)
     assert "wrong password" not in dump and "correct horse" not in dump and "secret-guess" not in dump
-    assert audit.verify_chain().ok
+    assert trail.verify_chain().ok

@@ -14,10 +14,10 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from compliance import audit
+from audit import trail
+from audit.models import AuditEvent
+from common.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, PEER_NODE, RESEARCHER
 from compliance.audit_views import PER_PAGE, audit_log
-from compliance.models import AuditEvent
-from webapp.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, PEER_NODE, RESEARCHER
 
 pytestmark = pytest.mark.django_db
 TABLE, TRIGGER = "compliance_auditevent", "compliance_auditevent_append_only"
@@ -59,8 +59,8 @@ def raw(sql: str, params: list | tuple = ()) -> None:
 
 
 def record_at(when: datetime, action: str, actor: str = "system", target: str = "", data: dict | None = None):
-    with mock.patch("compliance.audit.timezone.now", return_value=when):
-        return audit.record(action, actor, target, data)
+    with mock.patch("audit.trail.timezone.now", return_value=when):
+        return trail.record(action, actor, target, data)
 
 
 def seqs(html: str) -> list[int]:
@@ -112,7 +112,7 @@ def history(officer: Client) -> list[AuditEvent]:
 def test_audit_page_by_role_at_both_nodes(settings, node, role, status):
     settings.ROLE = node
     settings.ROOT_URLCONF = f"webapp.urls_{node}"
-    audit.record("test.event")
+    trail.record("test.event")
     user = None if role is None else make_user("someone", *([role] if role else []))
     client = client_for(user)
     assert reverse("compliance:audit") == URL
@@ -135,7 +135,7 @@ def test_linked_from_reports_index_and_home(officer):
 
 def test_newest_first_and_paginated(officer):
     for i in range(PER_PAGE + 10):  # after the officer's sign-in (event 1): events 2 to 61
-        audit.record("test.step", "system", f"n:{i}")
+        trail.record("test.step", "system", f"n:{i}")
     first = officer.get(URL).content.decode()
     assert seqs(first) == list(range(PER_PAGE + 11, 11, -1))
     assert "Page 1 of 2" in first and "page=2" in first
@@ -243,10 +243,10 @@ def test_deleted_event_shows_the_chain_broken(officer, history):
 
 
 def test_foreign_signer_is_a_warning(officer, settings, tmp_path):
-    from webapp.node import create_node
+    from common.node import create_node
 
-    audit.record("test.ephemeral")  # signed, like the sign-in, by this process's ephemeral key
+    trail.record("test.ephemeral")  # signed, like the sign-in, by this process's ephemeral key
     settings.NODE_DIR = create_node(tmp_path / "node", "datasite", "lab-a", "http://127.0.0.1:8111").dir
-    audit.record("test.node")
+    trail.record("test.node")
     page = officer.get(URL).content.decode()
     assert "Chain verified" in page and "Warning: 2 event(s) signed by a key that is not this node" in page

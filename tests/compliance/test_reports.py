@@ -27,8 +27,12 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from compliance import audit, render, signing
-from compliance.models import AuditEvent
+from audit import trail
+from audit.models import AuditEvent
+from common.node import create_node
+from common.protocol import CodeBundle, CodeRequestIn, DPPlan, Plan, bundle_sha256
+from common.roles import COMPLIANCE_OFFICER, DATA_OWNER, RESEARCHER
+from compliance import render, signing
 from compliance.reports import (
     INFINITY,
     SCHEMA,
@@ -42,9 +46,6 @@ from compliance.reports import (
 )
 from datasite import budget, plots, services
 from datasite.models import CodeRequest, ConsentEvent, Dataset, LedgerEntry, RoundRun
-from webapp.node import create_node
-from webapp.protocol import CodeBundle, CodeRequestIn, DPPlan, Plan, bundle_sha256
-from webapp.roles import COMPLIANCE_OFFICER, DATA_OWNER, RESEARCHER
 
 db = pytest.mark.django_db
 PURPOSE = "policy-training"
@@ -96,7 +97,7 @@ def run_round(cr: CodeRequest, ds: Dataset, number: int, episodes: list[int], st
         episodes_read={ds.name: episodes}, num_examples=50 * len(episodes), started_at=started,
         finished_at=started + timedelta(minutes=5))
     budget.charge(ds, cr.study, number, mech)
-    audit.record("data.accessed", audit.SYSTEM, f"dataset:{ds.name}",
+    trail.record("data.accessed", trail.SYSTEM, f"dataset:{ds.name}",
                  {"study": cr.study, "round": number, "episodes": episodes})
     return run
 
@@ -387,7 +388,7 @@ def test_verify_report_refuses_a_head_outside_the_chain(history):
     report["chain"]["head_hash"] = "f" * 64  # re-signed with the node's own key: still refused
     result = signing.verify_report(report, signing.sign_report(report))
     assert not result.ok and "is not in this node's audit chain" in result.summary()
-    report["node"]["public_key"] = audit.public_key_b64(Ed25519PrivateKey.generate())
+    report["node"]["public_key"] = trail.public_key_b64(Ed25519PrivateKey.generate())
     assert "signature does not verify" in signing.verify_report(report, signing.sign_report(report)).summary()
 
 
@@ -483,7 +484,7 @@ def test_orchestrator_study_report(settings, tmp_path):
     rnd = Round.objects.create(study=study, number=1, participants=["a"], status="done",
                                deadline=timezone.now())
     SiteUpdate.objects.create(round=rnd, datasite=sites[0], num_examples=400)
-    audit.record("study.created", researcher, f"study:{study.id}", {})
+    trail.record("study.created", researcher, f"study:{study.id}", {})
 
     report = build_report(make_scope(study=study.id), "carl")
     sec = report["sections"]

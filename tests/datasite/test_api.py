@@ -6,11 +6,11 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.test import override_settings
 
+from common.models import ApiToken
+from common.protocol import CodeBundle, Plan, bundle_sha256, plan_sha256
 from datasite import services
 from datasite.models import CodeRequest, LedgerEntry, RoundRun
 from datasite.training.so100 import generate_so100
-from webapp.models import ApiToken
-from webapp.protocol import CodeBundle, Plan, bundle_sha256, plan_sha256
 
 pytestmark = [pytest.mark.django_db]
 STUDY = "a" * 32

@@ -24,13 +24,13 @@ from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.db import connection, connections
 
-from compliance import audit
-from compliance.models import AuditEvent
+from audit import trail
+from audit.models import AuditEvent
+from common.protocol import CodeBundle, CodeRequestIn, DPPlan, Plan, bundle_sha256
+from common.roles import DATA_OWNER
 from datasite import budget, services
 from datasite.models import CodeRequest, Dataset, LedgerEntry
 from privacy.accounting import Mechanism, epsilon
-from webapp.protocol import CodeBundle, CodeRequestIn, DPPlan, Plan, bundle_sha256
-from webapp.roles import DATA_OWNER
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 APPROVALS, FITS = 50, 10
@@ -143,7 +143,7 @@ def fifty_approvals_for_a_budget_of_ten() -> None:
     assert view.committed == pytest.approx(fits)
     assert AuditEvent.objects.filter(action="budget.reserved").count() == FITS
     assert AuditEvent.objects.filter(action="code_request.approved").count() == FITS
-    report = audit.verify_chain()
+    report = trail.verify_chain()
     assert report.ok, report.first_problem
 
 

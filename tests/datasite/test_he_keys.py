@@ -7,11 +7,11 @@ import stat
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from common.node import create_node
+from common.protocol import Plan
 from datasite import he_rounds, services
 from datasite.models import CodeRequest, HEKey
 from privacy import he
-from webapp.node import create_node
-from webapp.protocol import Plan
 
 pytestmark = [pytest.mark.django_db]
 STUDY = "c" * 32

@@ -15,13 +15,13 @@ import torch
 from django.contrib.auth.models import Group, User
 from django.test import override_settings
 
+from common.models import ApiToken
+from common.protocol import CodeBundle, CodeRequestIn, Plan, bundle_sha256, plan_sha256
 from datasite import services
 from datasite.models import CodeRequest, RoundRun
 from datasite.training.dataset import validate_dataset
 from datasite.training.modules import ModuleCodeError, check_source, load_entry, validate_source
 from datasite.training.so100 import generate_so100
-from webapp.models import ApiToken
-from webapp.protocol import CodeBundle, CodeRequestIn, Plan, bundle_sha256, plan_sha256
 
 STUDY = "b" * 32
 BASE = {"dim_model": 32, "dim_feedforward": 64, "n_vae_encoder_layers": 1, "freeze_backbone": True}

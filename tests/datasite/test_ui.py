@@ -17,12 +17,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
+from common.protocol import CodeBundle, CodeRequestIn, DPPlan, Plan, bundle_sha256
+from common.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, RESEARCHER
 from datasite import budget, plots, services
 from datasite.models import CodeRequest, ConsentEvent, Dataset, LedgerEntry
 from datasite.training.dataset import SO100_JOINT_NAMES, DatasetSummary, mock_preview
 from privacy.accounting import Mechanism, epsilon
-from webapp.protocol import CodeBundle, CodeRequestIn, DPPlan, Plan, bundle_sha256
-from webapp.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, RESEARCHER
 
 PNG = b"\x89PNG\r\n\x1a\n"
 OWNERS = ["c-alice"] * 4 + ["c-bob"] * 3 + ["c-carol"] * 3  # episode → contributor

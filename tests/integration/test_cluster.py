@@ -63,7 +63,7 @@ def test_join_failures_are_clear_and_keep_nothing(cluster):
         "-v",
         "0",
         "-c",
-        "from webapp.models import ApiToken;"
+        "from common.models import ApiToken;"
         "from datasite.models import OrchestratorLink;"
         "print(ApiToken.objects.count(), OrchestratorLink.objects.count())",
     )

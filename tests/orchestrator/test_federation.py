@@ -4,12 +4,12 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.test import override_settings
 
+from common.models import ApiToken
+from common.node import create_node
+from common.protocol import JoinRequest, NodeInfo
+from common.signing import sign
 from orchestrator.federation import FederationError, accept_join, invite_datasite, record_heartbeat
 from orchestrator.models import Datasite
-from webapp.models import ApiToken
-from webapp.node import create_node
-from webapp.protocol import JoinRequest, NodeInfo
-from webapp.signing import sign
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 

@@ -10,6 +10,7 @@ from django.test import override_settings
 from django.utils import timezone
 from safetensors.numpy import save
 
+from common.protocol import Plan
 from orchestrator import checkpoints, he_rounds, secure_rounds
 from orchestrator.federation import invite_datasite
 from orchestrator.models import Datasite, Round, SecureSession, Study, StudyKey
@@ -17,7 +18,6 @@ from orchestrator.tensors import manifest_of
 from privacy import he
 from privacy.secure_vector import UpdateEncoding, layout_from
 from privacy.strategies import ClientResult, ServerState, aggregate_plain
-from webapp.protocol import Plan
 
 pytestmark = [pytest.mark.django_db]
 SITES = ("site-a", "site-b", "site-c")

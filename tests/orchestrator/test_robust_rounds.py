@@ -12,14 +12,14 @@ from django.urls import reverse
 from django.utils import timezone
 from pydantic import ValidationError
 
+from common.errors import ServiceError
+from common.protocol import CodeBundle, Plan, RobustPlan, plan_sha256
+from common.roles import RESEARCHER
 from orchestrator import checkpoints, engine, services
 from orchestrator.federation import invite_datasite
 from orchestrator.models import Datasite, Round, Study
 from orchestrator.tensors import manifest_of, to_bytes
 from privacy.strategies import ServerState
-from webapp.errors import ServiceError
-from webapp.protocol import CodeBundle, Plan, RobustPlan, plan_sha256
-from webapp.roles import RESEARCHER
 
 pytestmark = [pytest.mark.django_db]
 SITES = ("site-a", "site-b", "site-c")

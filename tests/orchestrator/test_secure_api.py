@@ -14,6 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import override_settings
 from django.utils import timezone
 
+from common.protocol import Plan
 from orchestrator import checkpoints, secure_rounds
 from orchestrator.federation import invite_datasite
 from orchestrator.models import Datasite, Round, SecureSession, SiteUpdate, Study
@@ -21,7 +22,6 @@ from orchestrator.tensors import manifest_of, to_bytes
 from privacy.secagg import DecryptionError, EncryptedShare, KeyAdvert, SecAggClient, SecAggParams
 from privacy.secure_vector import UpdateEncoding, layout_from
 from privacy.strategies import ClientResult, ServerState, aggregate_plain
-from webapp.protocol import Plan
 
 pytestmark = [pytest.mark.django_db]
 SITES = ("site-a", "site-b", "site-c")

@@ -9,12 +9,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import override_settings
 from django.utils import timezone
 
+from common.models import ApiToken
 from orchestrator import checkpoints
 from orchestrator.federation import invite_datasite
 from orchestrator.models import Datasite, Round, SiteUpdate, Study
 from orchestrator.tensors import manifest_of, to_bytes
 from privacy.strategies import ServerState
-from webapp.models import ApiToken
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 WEIGHTS = {"a.weight": np.zeros((4, 3), np.float32), "b.bias": np.zeros(5, np.float32)}

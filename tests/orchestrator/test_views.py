@@ -13,12 +13,12 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from compliance.models import AuditEvent
+from audit.models import AuditEvent
+from common.protocol import DPPlan, Plan
+from common.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, PEER_NODE, RESEARCHER
 from orchestrator import checkpoints, plots
 from orchestrator.models import Datasite, Round, Study, StudySite
 from privacy.strategies import ServerState
-from webapp.protocol import DPPlan, Plan
-from webapp.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, PEER_NODE, RESEARCHER
 
 pytestmark = pytest.mark.django_db
 PNG = b"\x89PNG\r\n\x1a\n"

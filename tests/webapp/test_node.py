@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from webapp.node import NodeError, create_node, load_node
+from common.node import NodeError, create_node, load_node
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -8,7 +8,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from webapp.models import ApiToken
+from common.models import ApiToken
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -48,7 +48,7 @@ def test_inactive_user_token_is_refused(alice):
 
 
 def test_api_with_token_identifies_the_caller(alice, client, settings, tmp_path):
-    from webapp.node import create_node
+    from common.node import create_node
 
     node = create_node(tmp_path / "n", "datasite", "site-z", "http://127.0.0.1:9")
     settings.NODE_DIR = node.dir

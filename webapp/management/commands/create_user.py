@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from webapp.roles import PERSON_ROLES
+from common.roles import PERSON_ROLES
 
 
 class Command(BaseCommand):

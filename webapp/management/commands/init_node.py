@@ -9,7 +9,7 @@ import dj_database_url
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from webapp.node import ROLES, NodeError, create_node, remove_node_dir
+from common.node import ROLES, NodeError, create_node, remove_node_dir
 
 
 def check_database(url: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from webapp.node import NodeError, load_node
+from common.node import NodeError, load_node
 
 
 class Command(BaseCommand):

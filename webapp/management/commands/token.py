@@ -5,7 +5,7 @@ from datetime import timedelta
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from webapp.models import ApiToken
+from common.models import ApiToken
 
 
 class Command(BaseCommand):

@@ -11,6 +11,8 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
+from common.signals import token_issued, token_revoked
+
 TOKEN_PREFIX = "fst"  # noqa: S105  (a public marker, not a secret)
 DEFAULT_LIFETIME = timedelta(days=90)
 
@@ -37,6 +39,7 @@ class ApiToken(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        db_table = "webapp_apitoken"  # the table keeps its name from before the move to common
 
     def __str__(self) -> str:
         return f"{self.name} ({self.key}) for {self.user}"
@@ -48,8 +51,6 @@ class ApiToken(models.Model):
             raise ValueError("token lifetime must be positive")
         key = secrets.token_hex(8)
         raw = f"{TOKEN_PREFIX}_{key}_{secrets.token_urlsafe(32)}"
-        from compliance import audit
-
         with transaction.atomic():
             token = cls.objects.create(
                 user=user,
@@ -58,12 +59,7 @@ class ApiToken(models.Model):
                 digest=_digest(raw),
                 expires_at=timezone.now() + lifetime,
             )
-            audit.record(
-                "token.issued",
-                None,
-                f"user:{user.get_username()}",
-                {"key": key, "name": name, "expires_at": token.expires_at.isoformat()},
-            )
+            token_issued.send(cls, token=token)
         return token, raw
 
     @classmethod
@@ -87,10 +83,8 @@ class ApiToken(models.Model):
         return self.revoked_at is None and self.expires_at > timezone.now()
 
     def revoke(self) -> None:
-        from compliance import audit
-
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             with transaction.atomic():
                 self.save(update_fields=["revoked_at"])
-                audit.record("token.revoked", None, f"user:{self.user.get_username()}", {"key": self.key})
+                token_revoked.send(type(self), token=self)

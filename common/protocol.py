@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from webapp.signing import canonical_json
+from common.signing import canonical_json
 
 NODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 

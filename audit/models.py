@@ -1,9 +1,9 @@
 """The tamper-evident audit log: an append-only, hash-chained, signed sequence of events.
 
-Rows are written only by :func:`compliance.audit.record`. The ORM refuses to change or
+Rows are written only by :func:`audit.trail.record`. The ORM refuses to change or
 remove them (``save()`` of an existing row, ``delete()``, ``QuerySet.update/delete``, bulk
 operations); on PostgreSQL a trigger refuses ``UPDATE`` and ``DELETE`` as well
-(migration 0002). Whatever slips past both is caught by :func:`compliance.audit.verify_chain`.
+(migration 0002). Whatever slips past both is caught by :func:`audit.trail.verify_chain`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any
 
 from django.db import models
 
-from webapp.signing import canonical_json
+from common.signing import canonical_json
 
 GENESIS_HASH = "0" * 64
 SIGNATURE_DOMAIN = "fedsilo.audit_event.v1"
 
 
 class AppendOnlyError(Exception):
-    """An attempt to change or remove an audit event, or to write one outside ``audit.record``."""
+    """An attempt to change or remove an audit event, or to write one outside ``trail.record``."""
 
 
 def canonical_time(at: dt.datetime) -> str:
@@ -42,7 +42,7 @@ class AuditEventQuerySet(models.QuerySet):
         raise AppendOnlyError("audit events are append-only: bulk_update() is refused")
 
     def bulk_create(self, *args: Any, **kwargs: Any) -> list:
-        raise AppendOnlyError("audit events are appended one by one with compliance.audit.record()")
+        raise AppendOnlyError("audit events are appended one by one with audit.trail.record()")
 
     def update_or_create(self, *args: Any, **kwargs: Any) -> tuple:
         raise AppendOnlyError("audit events are append-only: update_or_create() is refused")
@@ -67,6 +67,7 @@ class AuditEvent(models.Model):
     class Meta:
         ordering = ["seq"]
         get_latest_by = "seq"
+        db_table = "compliance_auditevent"  # the table keeps its name from before the move to audit
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.action} by {self.actor} on {self.target or '-'}"
@@ -75,7 +76,7 @@ class AuditEvent(models.Model):
         if not self._state.adding or kwargs.get("force_update") or kwargs.get("update_fields"):
             raise AppendOnlyError(f"audit event #{self.seq} is append-only: it cannot be changed")
         if not self.signature or self.hash != self.compute_hash():
-            raise AppendOnlyError("audit events are written with compliance.audit.record(), not directly")
+            raise AppendOnlyError("audit events are written with audit.trail.record(), not directly")
         kwargs["force_insert"] = True
         super().save(**kwargs)
 

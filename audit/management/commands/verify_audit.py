@@ -5,8 +5,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from compliance.audit import verify_chain
-from compliance.models import AuditEvent
+from audit.models import AuditEvent
+from audit.trail import verify_chain
 
 
 class Command(BaseCommand):

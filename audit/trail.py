@@ -2,8 +2,8 @@
 
 Every state change is an event::
 
-    from compliance import audit
-    audit.record("consent.withdrawn", request.user, "contributor:c-123", {"purpose": "policy-training"})
+    from audit import trail
+    trail.record("consent.withdrawn", request.user, "contributor:c-123", {"purpose": "policy-training"})
 
 Each event's canonical JSON (see :meth:`AuditEvent.canonical_record`) includes the previous
 event's SHA-256, so changing, removing or reordering any event breaks the chain at that point;
@@ -32,9 +32,9 @@ from django.core import checks
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
-from compliance.models import GENESIS_HASH, AuditEvent
-from webapp.node import load_node
-from webapp.signing import canonical_json, sign, verify
+from audit.models import GENESIS_HASH, AuditEvent
+from common.node import load_node
+from common.signing import canonical_json, sign, verify
 
 SYSTEM = "system"
 ANONYMOUS = "anonymous"
@@ -42,7 +42,7 @@ ACTION_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*$")
 MAX_ACTOR, MAX_ACTION, MAX_TARGET = 150, 100, 200
 
 # pg_advisory_xact_lock key: serialises appends on PostgreSQL until the appending transaction ends.
-_PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"fedsilo.compliance.audit").digest()[:8], "big", signed=True)
+_PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"fedsilo.audit.trail").digest()[:8], "big", signed=True)
 
 _keys: dict[str | None, Ed25519PrivateKey] = {}
 _keys_lock = threading.Lock()
@@ -241,7 +241,7 @@ def check_sqlite_transaction_mode(app_configs: Any = None, **kwargs: Any) -> lis
         checks.Warning(
             f"database {alias!r} is SQLite without OPTIONS['transaction_mode'] = 'IMMEDIATE'",
             hint="concurrent audit appends may then fail with 'database is locked'",
-            id="compliance.W001",
+            id="audit.W001",
         )
         for alias in connections
         if connections[alias].vendor == "sqlite"

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from common.files import atomic_write
+
 ROLES = ("datasite", "orchestrator")
 CONFIG_FILE = "node.json"
 
@@ -154,8 +156,4 @@ def remove_node_dir(node_dir: Path, remove_root: bool = True) -> None:
 
 def _write_private(path: Path, text: str) -> None:
     """Write a file readable by its owner only, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode(), private=True)
