@@ -139,12 +139,27 @@ CSRF_TRUSTED_ORIGINS = [PUBLIC_URL.rstrip("/")] if NODE else []
 # Celery: with no broker, tasks run in-process (the embedded default).
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "")
+CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 
 FEDSILO_HEARTBEAT_SECONDS = float(os.environ.get("FEDSILO_HEARTBEAT_SECONDS", "10"))
 FEDSILO_LEASE_SECONDS = float(os.environ.get("FEDSILO_LEASE_SECONDS", "60"))
 # CPU threads for a site's training (0: torch's default); several nodes sharing a few cores want 1
 FEDSILO_TORCH_THREADS = int(os.environ.get("FEDSILO_TORCH_THREADS", "0"))
 FEDSILO_PUBLIC_DP_SEED = os.environ.get("FEDSILO_PUBLIC_DP_SEED") == "1"  # tests and audits only
+# secure aggregation: how long a phase after the first may stay open, how often a site polls
+FEDSILO_SECAGG_PHASE_SECONDS = float(os.environ.get("FEDSILO_SECAGG_PHASE_SECONDS", "120"))
+FEDSILO_SECAGG_POLL_SECONDS = float(os.environ.get("FEDSILO_SECAGG_POLL_SECONDS", "0.5"))
+# he mode: values per encrypted chunk (None: privacy.he's default), processes summing chunks
+_he_chunk = os.environ.get("FEDSILO_HE_CHUNK_VALUES")
+FEDSILO_HE_CHUNK_VALUES = int(_he_chunk) if _he_chunk else None
+FEDSILO_HE_SUM_WORKERS = int(os.environ.get("FEDSILO_HE_SUM_WORKERS") or os.cpu_count() or 1)
+# where recipes look for local pretrained weights (never downloaded)
+FEDSILO_CACHE = Path(os.environ.get("FEDSILO_CACHE") or Path.home() / ".cache" / "fedsilo")
+# Redis redelivers an unacknowledged task after this long; the round lease stops a second
+# copy from training while the first still runs. RabbitMQ redelivers when a worker dies.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": float(os.environ.get("FEDSILO_VISIBILITY_TIMEOUT", "3600"))
+}
 
 LOGGING = {
     "version": 1,
