@@ -35,9 +35,9 @@ from privacy.strategies import (
     Arrays,
     ClientResult,
     Strategy,
-    _check_same_layout,
-    _float64,
     aggregate_plain,
+    check_same_layout,
+    checked_float64,
     parse_strategy,
 )
 
@@ -178,9 +178,9 @@ def _validated(updates: Sequence[Mapping[str, np.ndarray]]) -> list[Arrays]:
     """Float64 copies of the updates, all with the layout of the first; at least one."""
     if isinstance(updates, Mapping) or not isinstance(updates, Sequence) or not updates:
         raise ValueError("robust aggregation needs a non-empty sequence of updates")
-    arrays = [_float64(u, f"update {i}") for i, u in enumerate(updates)]
+    arrays = [checked_float64(u, f"update {i}") for i, u in enumerate(updates)]
     for i, a in enumerate(arrays[1:], start=1):
-        _check_same_layout(arrays[0], a, "update 0", f"update {i}")
+        check_same_layout(arrays[0], a, "update 0", f"update {i}")
     return arrays
 
 

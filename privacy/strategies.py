@@ -159,7 +159,7 @@ def client_contribution(
 ) -> tuple[Arrays, Scalars]:
     """Client half: the pre-weighted vector and the scalars to be summed alongside it."""
     scale, scalars = contribution_scale(num_examples, local_steps, strategy)
-    arrays = _float64(update, "update")
+    arrays = checked_float64(update, "update")
     return {k: v * scale for k, v in arrays.items()}, scalars
 
 
@@ -178,10 +178,10 @@ def sum_arrays(items: Sequence[Mapping[str, np.ndarray]], what: str = "contribut
     """Element-wise float64 sum of dicts with the same names and shapes (the plain 'secure sum')."""
     if not items:
         raise ValueError(f"nothing to sum: no {what}s")
-    total = {k: v.copy() for k, v in _float64(items[0], f"{what} 0").items()}
+    total = {k: v.copy() for k, v in checked_float64(items[0], f"{what} 0").items()}
     for i, item in enumerate(items[1:], start=1):
-        arrays = _float64(item, f"{what} {i}")
-        _check_same_layout(total, arrays, f"{what} 0", f"{what} {i}")
+        arrays = checked_float64(item, f"{what} {i}")
+        check_same_layout(total, arrays, f"{what} 0", f"{what} {i}")
         for k, v in arrays.items():
             total[k] += v
     return total
@@ -216,7 +216,7 @@ def aggregate(
     if s is Strategy.FEDNOVA:
         tau_eff = _positive("summed weighted_steps", summed_scalars["weighted_steps"]) / weight
         factor *= tau_eff
-    return {k: v * factor for k, v in _float64(summed_vector, "summed vector").items()}
+    return {k: v * factor for k, v in checked_float64(summed_vector, "summed vector").items()}
 
 
 def aggregate_plain(results: Sequence[ClientResult], strategy: str) -> Arrays:
@@ -236,9 +236,9 @@ def server_update(
     s = parse_strategy(strategy)
     if state.strategy is not None and state.strategy != s.value:
         raise ValueError(f"server state belongs to {state.strategy!r}, not {s.value!r}")
-    weights = _float64(global_weights, "global weights")
-    delta = _float64(avg_update, "averaged update")
-    _check_same_layout(weights, delta, "global weights", "averaged update")
+    weights = checked_float64(global_weights, "global weights")
+    delta = checked_float64(avg_update, "averaged update")
+    check_same_layout(weights, delta, "global weights", "averaged update")
     prev = {slot: _state_slot(state, slot, weights) for slot in _STATE_SLOTS}
     lr = hparams.lr_for(s)
     new_state = replace(state, round=state.round + 1, strategy=s.value)
@@ -265,8 +265,8 @@ def _state_slot(state: ServerState, slot: str, weights: Arrays) -> Arrays | None
     arrays = getattr(state, slot)
     if arrays is None:
         return None
-    checked = _float64(arrays, f"state.{slot}")
-    _check_same_layout(weights, checked, "global weights", f"state.{slot}")
+    checked = checked_float64(arrays, f"state.{slot}")
+    check_same_layout(weights, checked, "global weights", f"state.{slot}")
     return checked
 
 
@@ -284,7 +284,7 @@ def _adaptive_moments(
     return m, v
 
 
-def _float64(arrays: Mapping[str, np.ndarray], what: str) -> Arrays:
+def checked_float64(arrays: Mapping[str, np.ndarray], what: str) -> Arrays:
     """Validated float64 copies: str names, floating dtype, finite values, at least one."""
     if not isinstance(arrays, Mapping):
         raise ValueError(f"{what} must be a mapping of name -> array, got {type(arrays).__name__}")
@@ -306,7 +306,8 @@ def _float64(arrays: Mapping[str, np.ndarray], what: str) -> Arrays:
     return out
 
 
-def _check_same_layout(a: Arrays, b: Arrays, a_name: str, b_name: str) -> None:
+def check_same_layout(a: Arrays, b: Arrays, a_name: str, b_name: str) -> None:
+    """`ValueError` unless `b` has the same tensor names and shapes as `a`."""
     if a.keys() != b.keys():
         missing, extra = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
         raise ValueError(f"{b_name} names differ from {a_name}: missing {missing}, extra {extra}")

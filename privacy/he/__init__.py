@@ -11,7 +11,7 @@ orchestrator feeds them to a `CiphertextAccumulator` (public context only) and s
 frames of `export()` to one datasite, whose `decrypt_stream` returns Σ w_i·update_i.
 A server that must survive restarts keeps each site's chunks on disk instead (validated
 by `check_contribution`) and, once the round's contributors are fixed, builds each
-aggregate frame with `sum_contributions` (see `orchestrator.he_rounds`).
+aggregate frame with `sum_contributions` (see `orchestrator.modes.he`).
 
 Parameters (fixed; `context.py`)
 - Ring degree N = 8192, coefficient moduli [60, 60] bits, scale Δ = 2^40, 4096 slots
@@ -50,7 +50,7 @@ Parameters (fixed; `context.py`)
   SHA-256 over the secret context), carried in every frame header and in `KeyCeremony`.
 
 Streaming and memory. Vectors travel in frames of `chunk_values` values (default 262,144,
-about 4 MiB seeded, 8 MiB full-size; `stream.py` documents the frame). Sites encrypt one
+about 4 MiB seeded, 8 MiB full-size; `frame.py` documents the frame). Sites encrypt one
 chunk at a time; the accumulator adds each chunk into one running ciphertext per 4096
 values, so it holds one model's ciphertexts (32 B/value: 3.2 GB at 1e8 parameters)
 whatever the number of sites, plus the chunk in hand; decryption fills a float64 vector
@@ -93,6 +93,7 @@ fresh samples, so a datasite must decrypt at most one aggregate per round (the c
 enforces this). `flood_std=0` disables flooding, for local tests only.
 """
 
+from .accumulator import CiphertextAccumulator, check_contribution, sum_contributions
 from .ceremony import (
     KeyCeremony,
     create_key_ceremony,
@@ -116,18 +117,10 @@ from .context import (
     default_flood_std,
     public_context_bytes,
 )
-from .stream import (
-    DEFAULT_CHUNK_VALUES,
-    ChunkHeader,
-    CiphertextAccumulator,
-    check_contribution,
-    decrypt_stream,
-    encrypt_stream,
-    n_chunks,
-    read_chunk_header,
-    sum_contributions,
-    sum_stored_contributions,
-)
+from .decrypt import decrypt_stream
+from .encrypt import encrypt_stream
+from .frame import DEFAULT_CHUNK_VALUES, ChunkHeader, n_chunks, read_chunk_header
+from .pool import sum_stored_contributions
 
 __all__ = [
     "COEFF_MOD_BIT_SIZES",

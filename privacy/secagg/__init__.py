@@ -51,10 +51,12 @@ Threat model.
   plan's [-clip, clip]; DP noise must be added before `quantize`.
 """
 
+from .client import SecAggClient
 from .errors import DecryptionError, ProtocolError, SecAggError, SignatureError, ThresholdError
 from .messages import EncryptedShare, KeyAdvert, MaskedInput, UnmaskRequest, UnmaskResponse
-from .protocol import SecAggClient, SecAggParams, SecAggServer
+from .params import SecAggParams
 from .quantize import dequantize_sum, quantization_bits, quantization_step, quantize
+from .server import SecAggServer
 
 __all__ = [
     "DecryptionError",

@@ -10,8 +10,10 @@ from collections.abc import Collection, Mapping
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .client import SecAggClient
 from .messages import EncryptedShare, KeyAdvert, MaskedInput, UnmaskRequest, UnmaskResponse
-from .protocol import SecAggClient, SecAggParams, SecAggServer
+from .params import SecAggParams
+from .server import SecAggServer
 
 
 def simulate_round(
