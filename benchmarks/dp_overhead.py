@@ -34,9 +34,9 @@ def measure(args: argparse.Namespace, e: int, k: int, frozen: bool) -> dict[str,
     import torch
     from train_step import synthetic_stats
 
+    from datasite.datagen import so100_features
     from datasite.training import dp
     from datasite.training.recipes import build_policy, synthetic_batch
-    from datasite.training.so100 import so100_features
 
     features = so100_features(image_size=tuple(args.image_size))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

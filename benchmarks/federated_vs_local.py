@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -53,56 +52,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from non_iid_sites import SITES, Site, make_sites, pooled_stats
+
+from datasite.training.recipes import build_policy
+from datasite.training.recipes.act import TINY_ACT
+from datasite.training.trainer import LocalPlan, evaluate, train_local
+from datasite.training.weights import trainable_state
+from privacy.accounting import epsilon
+from privacy.strategies import ClientResult, ServerHParams, ServerState, aggregate_plain, server_update
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 DEFAULT_OUT = HERE / "results" / "federated_vs_local.json"
 
 RECIPE = "act-small"
-#: Like the integration tests' TINY_ACT: small enough for 2 CPU cores.
-RECIPE_CONFIG: dict[str, Any] = {
-    "dim_model": 64,
-    "n_heads": 2,
-    "dim_feedforward": 128,
-    "n_encoder_layers": 1,
-    "n_decoder_layers": 1,
-    "n_vae_encoder_layers": 1,
-    "chunk_size": 5,
-    "n_action_steps": 5,
-    "latent_dim": 8,
-    "freeze_backbone": True,
-    "cameras": ["observation.images.top"],
-}
-SITES: tuple[tuple[str, str], ...] = (("site-a", "lab-a"), ("site-b", "lab-b"), ("site-c", "lab-c"))
+RECIPE_CONFIG = TINY_ACT  # small enough for 2 CPU cores
 GOAL_VS_CENTRALIZED = 1.1  # federated / centralized, at most
 GOAL_VS_BEST_LOCAL = 0.20  # 1 - federated / best single site, at least
 DP_DELTA = 1e-5
-
-
-@dataclass
-class Site:
-    """One site's dataset and its split; ``offset`` is its first episode index in the pool."""
-
-    name: str
-    profile: str
-    root: Path
-    train: list[int]
-    holdout: list[int]
-    lengths: dict[int, int]
-    offset: int = 0
-
-    @property
-    def train_frames(self) -> int:
-        return sum(self.lengths[e] for e in self.train)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "profile": self.profile,
-            "episodes": len(self.lengths),
-            "train_episodes": self.train,
-            "holdout_episodes": self.holdout,
-            "train_frames": self.train_frames,
-            "holdout_frames": sum(self.lengths[e] for e in self.holdout),
-        }
 
 
 @dataclass
@@ -121,113 +89,17 @@ class Arm:
         return statistics.fmean(self.losses.values())
 
 
-# --------------------------------------------------------------------------- data
-
-
-def split_episodes(n: int, seed: int, holdout_fraction: float) -> tuple[list[int], list[int]]:
-    """The datasite's split rule (``datasite.services.split_episodes``, consent aside)."""
-    import numpy as np
-
-    order = np.random.default_rng([seed, 17]).permutation(n).tolist()
-    n_hold = math.ceil(holdout_fraction * n) if n > 1 else 0
-    holdout = set(order[:n_hold])
-    return sorted(set(range(n)) - holdout), sorted(holdout)
-
-
-def episode_lengths(root: Path) -> dict[int, int]:
-    from datasite.training.dataset import load_dataset
-
-    column = load_dataset(root).hf_dataset.data.column("episode_index").to_pylist()
-    counts: dict[int, int] = {}
-    for ep in column:
-        counts[int(ep)] = counts.get(int(ep), 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def make_sites(work: Path, args: argparse.Namespace) -> tuple[list[Site], Path]:
-    """Generate the three non-IID sites and the pooled dataset (their exact union)."""
-    from datasite.training.so100 import generate_so100
-
-    sites = []
-    for i, (name, profile) in enumerate(SITES):
-        root = work / name
-        generate_so100(root, args.episodes, min(3, args.episodes), seed=args.seed * 100 + i + 1,
-                       profile=profile, image_size=tuple(args.image_size))
-        lengths = episode_lengths(root)
-        train, holdout = split_episodes(len(lengths), args.seed, args.holdout_fraction)
-        sites.append(Site(name, profile, root, train, holdout, lengths))
-    pool = work / "pooled"
-    _aggregate([s.root for s in sites], pool)
-    offset = 0
-    for s in sites:
-        s.offset = offset
-        offset += len(s.lengths)
-    _check_pool(sites, pool)
-    return sites, pool
-
-
-def _aggregate(roots: list[Path], dest: Path) -> None:
-    from lerobot.datasets.aggregate import aggregate_datasets
-
-    try:
-        from lerobot.utils.utils import SuppressProgressBars
-    except ImportError:  # older lerobot: progress bars stay
-        import contextlib
-
-        SuppressProgressBars = contextlib.nullcontext
-    with SuppressProgressBars():
-        aggregate_datasets([f"fedsilo/{r.name}" for r in roots], "fedsilo/pooled", roots=roots,
-                           aggr_root=dest)
-
-
-def _check_pool(sites: list[Site], pool: Path) -> None:
-    """The pooled dataset holds each site's episodes, in order, with identical frames."""
-    import numpy as np
-
-    from datasite.training.dataset import load_dataset
-
-    pooled = episode_lengths(pool)
-    want = {s.offset + e: n for s in sites for e, n in s.lengths.items()}
-    if pooled != want:
-        raise RuntimeError(f"pooled dataset has episode lengths {pooled}, expected {want}")
-    for s in sites:
-        ep = s.train[-1]
-        a = load_dataset(s.root, episodes=[ep])
-        b = load_dataset(pool, episodes=[s.offset + ep])
-        for row in (0, len(a) - 1):
-            x, y = a[row], b[row]
-            for key in ("observation.state", "action", "observation.images.top"):
-                if not np.array_equal(x[key].numpy(), y[key].numpy()):
-                    raise RuntimeError(f"pooled episode {s.offset + ep} differs from {s.name} episode {ep}")
-
-
-def pooled_stats(sites: list[Site], seed: int) -> dict[str, dict[str, Any]]:
-    """Each site's training-episode statistics, pooled as the orchestrator pools them."""
-    from datasite.training.stats import site_stats
-    from privacy.normstats import aggregate_stats
-
-    info = json.loads((sites[0].root / "meta" / "info.json").read_text())
-    keys = [k for k in info["features"]
-            if k in ("observation.state", "action") or k.startswith("observation.images.")]
-    return aggregate_stats([site_stats(s.root, s.train, keys, seed=seed) for s in sites])
-
-
 # --------------------------------------------------------------------------- training
 
 
 def initial_weights(root: Path, stats: dict, device: str) -> dict[str, Any]:
     """The recipe's seeded, data-free initial trainable weights (what round 0 starts from)."""
-    from datasite.training.recipes import build_policy
-    from datasite.training.weights import trainable_state
-
     info = json.loads((root / "meta" / "info.json").read_text())
     bundle = build_policy(RECIPE, RECIPE_CONFIG, info["features"], stats, device=device)
     return trainable_state(bundle.policy)
 
 
 def local_plan(args: argparse.Namespace, steps: int, seed: int, episodes: int, mu: float = 0.0):
-    from datasite.training.trainer import LocalPlan
-
     common = {"local_steps": steps, "lr": args.lr, "mu": mu, "seed": seed, "eval_frames": 8}
     if not args.dp:
         return LocalPlan(batch_size=args.batch_size, **common)
@@ -240,18 +112,11 @@ def local_plan(args: argparse.Namespace, steps: int, seed: int, episodes: int, m
 
 
 def _train(init, root: Path, episodes: list[int], plan, stats, device: str):
-    from datasite.training.trainer import train_local
-
     return train_local(init, RECIPE, RECIPE_CONFIG, root, episodes, plan, stats, progress=False,
                        device=device)
 
 
 def run_federated(args, sites: list[Site], init, stats, bar) -> Arm:
-    import numpy as np
-    import torch
-
-    from privacy.strategies import ClientResult, ServerHParams, ServerState, aggregate_plain, server_update
-
     strategy = "fedprox" if args.mu > 0 else "fedavg"
     weights = {k: v.numpy() for k, v in init.items()}
     state, hparams = ServerState(), ServerHParams(proximal_mu=args.mu)
@@ -302,16 +167,12 @@ def run_local(args, site: Site, init, stats, bar, steps: int, index: int) -> Arm
 
 
 def evaluate_arm(arm: Arm, sites: list[Site], stats, args) -> None:
-    from datasite.training.trainer import evaluate
-
     for s in sites:
         arm.losses[s.name] = evaluate(arm.weights, RECIPE, RECIPE_CONFIG, s.root, s.holdout, stats,
                                       frames=args.eval_frames, seed=args.seed, device=args.device)
 
 
 def epsilons(arm: Arm) -> dict[str, float]:
-    from privacy.accounting import epsilon
-
     return {name: epsilon(history, DP_DELTA) for name, history in arm.mechanisms.items() if history}
 
 
@@ -322,10 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the whole comparison; returns the figures written to the JSON file."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     import datasets
-    import torch
     from tqdm.auto import tqdm
 
     datasets.disable_progress_bars()  # lerobot's parquet loading; our own bars stay

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")  # smolvla-tiny's cache folder
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEFAULT_RECIPES = ("act-small", "diffusion-small", "smolvla-tiny")
@@ -62,9 +63,10 @@ def child(args: argparse.Namespace) -> dict:
     """Measure one recipe in this process; returns a JSON-able dict."""
     import torch
 
+    from datasite.datagen import so100_features
     from datasite.training import dp
     from datasite.training.recipes import build_policy, synthetic_batch
-    from datasite.training.so100 import so100_features
+    from tests import smolvla_tiny  # noqa: F401 (registers the smolvla-tiny recipe)
 
     if args.threads:
         torch.set_num_threads(args.threads)

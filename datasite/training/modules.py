@@ -40,14 +40,15 @@ Example (freeze everything but ACT's action head)::
         return bundle
 
 **Safety.** A data owner approves the exact source (its SHA-256 is pinned with the bundle),
-and the site re-verifies that hash before the code is ever executed (``services._checks`` and
-``services.initial_weights``), as in PySyft: *the approval is the control*. The code runs
-in-process with the worker's rights. :func:`check_source`, run when a code request arrives,
-refuses a module that imports :data:`DENIED_MODULES` or uses :data:`DENIED_NAMES`, and
-reports the line. It is a **review aid, not a sandbox**: Python offers many ways around any
-such list (``torch.load``, ``numpy.load`` on pickles, introspection), so read the code before
-approving it. A site that wants containment runs its Celery training workers in a container
-without network access and with read-only access to its datasets.
+and the site re-verifies that hash before the code is ever executed
+(:func:`datasite.studies.verified_code`, before the initial weights and every round), as in
+PySyft: *the approval is the control*. The code runs in-process with the worker's rights.
+:func:`check_source`, run when a code request arrives, refuses a module that imports
+:data:`DENIED_MODULES` or uses :data:`DENIED_NAMES`, and reports the line. It is a **review
+aid, not a sandbox**: Python offers many ways around any such list (``torch.load``,
+``numpy.load`` on pickles, introspection), so read the code before approving it. A site that
+wants containment runs its Celery training workers in a container without network access and
+with read-only access to its datasets.
 
 :func:`load_entry` compiles the source and executes it into a fresh module object (never
 imported from a path and never registered in ``sys.modules``). This module does not import

@@ -14,15 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+from datasite.datagen import so100_features
 from datasite.training.recipes import (
     build_policy,
-    ensure_tiny_vlm,
     known_recipes,
     policy_features,
     resolve_config,
     synthetic_batch,
 )
-from datasite.training.so100 import so100_features
 from datasite.training.weights import (
     apply_weights,
     check_against_manifest,
@@ -31,6 +30,7 @@ from datasite.training.weights import (
     save_safetensors,
     trainable_state,
 )
+from tests.smolvla_tiny import ensure_tiny_vlm
 
 H, W = 32, 40
 FEATURES = so100_features(image_size=(H, W))

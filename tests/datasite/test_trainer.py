@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from datasite.datagen import generate_so100
 from datasite.training.dataset import validate_dataset
-from datasite.training.so100 import generate_so100
+from datasite.training.dp import noisy_clipped_gradient
+from datasite.training.recipes import build_policy
 from datasite.training.trainer import LocalPlan, evaluate, train_local
 from datasite.training.weights import manifest, trainable_state
 from privacy.accounting import Mechanism
@@ -81,8 +83,6 @@ def test_global_weights_are_the_starting_point(dataset):
     root, stats = dataset
     plan = LocalPlan(local_steps=2, batch_size=4)
     first = _train(dataset, plan)
-    from datasite.training.recipes import build_policy
-
     init = trainable_state(build_policy("act-small", ACT, _features(root), stats, "cpu").policy)
     round1 = {n: init[n] + first.update[n] for n in init}
     res = train_local(round1, "act-small", ACT, root, [0, 1], plan, stats, progress=False)
@@ -96,8 +96,6 @@ def test_global_weights_are_the_starting_point(dataset):
 
 def test_evaluate_matches_the_trainers_eval_loss(dataset):
     root, stats = dataset
-    from datasite.training.recipes import build_policy
-
     init = trainable_state(build_policy("act-small", ACT, _features(root), stats, "cpu").policy)
     plan = LocalPlan(local_steps=2, batch_size=4, seed=5, eval_frames=12)
     res = train_local(None, "act-small", ACT, root, [2, 3], plan, stats, progress=False)
@@ -256,8 +254,6 @@ def _toy_loss(model: _Toy, batch: dict) -> torch.Tensor:
 
 @pytest.mark.parametrize("hook", [False, True])
 def test_noisy_clipped_gradient_by_hand(hook):
-    from datasite.training.dp import noisy_clipped_gradient
-
     model = _Toy()
     params = dict(model.named_parameters())
     units = [{"x": torch.tensor([[3.0, 4.0], [3.0, 4.0]])}, {"x": torch.tensor([[0.1, 0.0]])}]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from datasite.datagen import PROFILES, generate_so100
+
 
 def parse_image_size(text: str) -> tuple[int, int]:
     """``"96x128"`` → ``(96, 128)`` (height × width)."""
@@ -23,8 +25,6 @@ class Command(BaseCommand):
     help = "Generate a synthetic SO-100 pick-and-place dataset in LeRobot v3.0 format."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        from datasite.training.so100 import PROFILES
-
         parser.add_argument("--root", required=True, help="new folder to create")
         parser.add_argument("--episodes", type=int, required=True)
         parser.add_argument("--contributors", type=int, required=True)
@@ -36,8 +36,6 @@ class Command(BaseCommand):
         parser.add_argument("--video", action="store_true", help="store cameras as MP4 (pyav)")
 
     def handle(self, *args, **opts) -> None:
-        from datasite.training.so100 import PROFILES, generate_so100
-
         root = Path(opts["root"])
         if root.exists():
             raise CommandError(f"{root} already exists; choose a new --root or delete it first")
