@@ -18,9 +18,9 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from audit.models import AuditEvent
 from common.roles import COMPLIANCE_OFFICER, DATA_OWNER, role_required
-from compliance import render as report_render
-from compliance import signing
-from compliance.reports import ReportError, build_report, make_scope
+from compliance import html, pdf, providers, signing
+from compliance.reports import build_report
+from compliance.scope import ReportError, make_scope
 
 READERS = (COMPLIANCE_OFFICER, DATA_OWNER)
 RECENT = 50
@@ -70,16 +70,6 @@ def _load(seq: int) -> tuple[dict[str, Any], str]:
     return signing.load_report(path.read_bytes()), sig.read_text().strip()
 
 
-def _known_studies() -> list[str]:
-    if settings.ROLE == "orchestrator":
-        from orchestrator.models import Study
-
-        return list(Study.objects.values_list("id", flat=True)[:200])
-    from datasite.models import CodeRequest
-
-    return sorted(set(CodeRequest.objects.values_list("study", flat=True)))
-
-
 def _recent() -> list[dict[str, Any]]:
     events = AuditEvent.objects.filter(action="report.generated").order_by("-seq")[:RECENT]
     return [{"seq": e.seq, "at": e.at, "actor": e.actor, "target": e.target, "data": e.data,
@@ -87,8 +77,9 @@ def _recent() -> list[dict[str, Any]]:
 
 
 def _index(request: HttpRequest, form: ReportForm, status: int = 200) -> HttpResponse:
+    studies = providers.provider(settings.ROLE).known_studies()
     return render(request, "compliance/index.html",
-                  {"form": form, "recent": _recent(), "studies": _known_studies()}, status=status)
+                  {"form": form, "recent": _recent(), "studies": studies}, status=status)
 
 
 @require_http_methods(["GET", "POST"])
@@ -116,7 +107,7 @@ def reports(request: HttpRequest) -> HttpResponse:
 def report_html(request: HttpRequest, seq: int) -> HttpResponse:
     report, signature = _load(seq)
     check = signing.verify_report(report, signature)
-    context = report_render.context(report)
+    context = html.context(report)
     context.update(seq=seq, verification=check, verification_text=check.summary(report))
     return render(request, "compliance/report.html", context)
 
@@ -136,7 +127,7 @@ def _filename(report: dict[str, Any], seq: int, ext: str) -> str:
 @role_required(*READERS)
 def report_pdf(request: HttpRequest, seq: int) -> HttpResponse:
     report, _ = _load(seq)
-    return _download(report_render.render_pdf(report), "application/pdf", _filename(report, seq, "pdf"))
+    return _download(pdf.render_pdf(report), "application/pdf", _filename(report, seq, "pdf"))
 
 
 @require_GET

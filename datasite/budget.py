@@ -1,18 +1,19 @@
-"""The privacy budget ledger of each dataset: reserve at approval, charge per round, release.
+"""The privacy budget of each dataset: its :class:`privacy.ledger.Ledger`, kept as ``LedgerEntry`` rows.
 
-ε is always recomputed by composing the mechanisms in the ledger with the accountant from
-:mod:`privacy.accounting`, never by adding ε values. What is *committed* to a dataset is
-everything charged plus what approved studies have reserved and not yet charged.
+The ledger decides (reserve at approval, refuse a round, charge per round, release) and
+composes ε, never adding it; this module loads a dataset's rows into it and persists what it
+decided. Locking is the caller's: reserve inside a transaction holding the dataset's row lock.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common.protocol import Plan
 from datasite.models import Dataset, LedgerEntry
-from privacy.accounting import Mechanism, epsilon
+from privacy.accounting import Mechanism
+from privacy.ledger import BudgetExceeded, Entry, Ledger
 
 
 class BudgetError(Exception):
@@ -29,31 +30,34 @@ def round_mechanism(plan: Plan, training_units: int) -> Mechanism:
     return Mechanism(noise_multiplier=sigma, sample_rate=q, steps=plan.local_steps, unit=plan.dp.unit)
 
 
-def _entry_mechanism(entry: LedgerEntry, steps: int | None = None) -> Mechanism:
-    return Mechanism(
-        noise_multiplier=entry.noise_multiplier,
-        sample_rate=entry.sample_rate,
-        steps=entry.steps if steps is None else steps,
-        unit=entry.unit,
+def load_ledger(dataset: Dataset) -> Ledger:
+    """The dataset's budget and its ledger rows, oldest first."""
+    return Ledger(dataset.epsilon_max, dataset.delta, [_entry(row) for row in dataset.ledger.all()])
+
+
+def _entry(row: LedgerEntry) -> Entry:
+    mechanism = None
+    if row.kind != LedgerEntry.Kind.RELEASE:
+        mechanism = Mechanism(row.noise_multiplier, row.sample_rate, row.steps, row.unit)
+    return Entry(row.kind, row.study, mechanism, row.round, row.at)
+
+
+def _fields(entry: Entry) -> dict[str, float | int | str]:
+    m = entry.mechanism or Mechanism(0.0, 1.0, 0)  # a release row holds no mechanism
+    return {
+        "noise_multiplier": m.noise_multiplier,
+        "sample_rate": m.sample_rate,
+        "steps": m.steps,
+        "unit": m.unit,
+    }
+
+
+def _save(dataset: Dataset, entry: Entry) -> bool:
+    """Persist a charge or a release the ledger decided; False when its row exists already."""
+    _, created = LedgerEntry.objects.get_or_create(
+        dataset=dataset, study=entry.study, round=entry.round, kind=entry.kind, defaults=_fields(entry)
     )
-
-
-def charged(dataset: Dataset) -> list[Mechanism]:
-    return [_entry_mechanism(e) for e in dataset.ledger.filter(kind=LedgerEntry.Kind.CHARGE)]
-
-
-def outstanding(dataset: Dataset) -> list[Mechanism]:
-    """Reserved and not yet charged or released, per study."""
-    entries = list(dataset.ledger.all())
-    released = {e.study for e in entries if e.kind == LedgerEntry.Kind.RELEASE}
-    out = []
-    for r in entries:
-        if r.kind != LedgerEntry.Kind.RESERVE or r.study in released:
-            continue
-        used = sum(e.steps for e in entries if e.kind == LedgerEntry.Kind.CHARGE and e.study == r.study)
-        if r.steps > used:
-            out.append(_entry_mechanism(r, r.steps - used))
-    return out
+    return created
 
 
 @dataclass(frozen=True)
@@ -71,78 +75,50 @@ class BudgetView:
 
 
 def view(dataset: Dataset) -> BudgetView:
-    spent = epsilon(charged(dataset), dataset.delta)
-    committed = epsilon(charged(dataset) + outstanding(dataset), dataset.delta)
-    return BudgetView(dataset.epsilon_max, dataset.delta, spent, committed)
+    ledger = load_ledger(dataset)
+    return BudgetView(dataset.epsilon_max, dataset.delta, ledger.spent(), ledger.committed())
+
+
+def study_mechanism(mechanism: Mechanism, rounds: int) -> Mechanism:
+    """What a study running ``mechanism`` for ``rounds`` rounds costs in all (what it reserves)."""
+    return replace(mechanism, steps=mechanism.steps * rounds)
 
 
 def projected(dataset: Dataset, mechanism: Mechanism, rounds: int) -> float:
     """ε of the dataset if a study running ``mechanism`` for ``rounds`` rounds were approved."""
-    study = Mechanism(
-        mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps * rounds, mechanism.unit
-    )
-    return epsilon([*charged(dataset), *outstanding(dataset), study], dataset.delta)
+    return load_ledger(dataset).project(study_mechanism(mechanism, rounds))
 
 
 def reserve(dataset: Dataset, study: str, mechanism: Mechanism, rounds: int) -> float:
-    """Reserve a study's whole cost; call inside a transaction holding the dataset's row lock."""
-    eps = projected(dataset, mechanism, rounds)
-    if not eps <= dataset.epsilon_max:
-        shown = "∞ (no DP noise)" if math.isinf(eps) else f"{eps:.3g}"
+    """Reserve a study's whole cost and return the committed ε; call inside a transaction
+    holding the dataset's row lock."""
+    ledger = load_ledger(dataset)
+    try:
+        entry = ledger.reserve(study, study_mechanism(mechanism, rounds))
+    except BudgetExceeded as exc:
+        shown = "∞ (no DP noise)" if math.isinf(exc.epsilon) else f"{exc.epsilon:.3g}"
         raise BudgetError(
             f"dataset {dataset.name}: this study would bring ε to {shown}, over its budget "
-            f"{dataset.epsilon_max:g} (already committed {view(dataset).committed:.3g})"
-        )
-    LedgerEntry.objects.create(
-        dataset=dataset,
-        study=study,
-        kind=LedgerEntry.Kind.RESERVE,
-        noise_multiplier=mechanism.noise_multiplier,
-        sample_rate=mechanism.sample_rate,
-        steps=mechanism.steps * rounds,
-        unit=mechanism.unit,
-    )
-    return eps
+            f"{dataset.epsilon_max:g} (already committed {exc.committed:.3g})"
+        ) from exc
+    LedgerEntry.objects.create(dataset=dataset, study=entry.study, kind=entry.kind, **_fields(entry))
+    return ledger.committed()
 
 
 def round_refusal(dataset: Dataset, study: str, mechanism: Mechanism) -> str | None:
     """Why one more round of ``study`` may not run on ``dataset``, or None when it may."""
-    entries = list(dataset.ledger.filter(study=study))
-    reservation = next((e for e in entries if e.kind == LedgerEntry.Kind.RESERVE), None)
-    if reservation is None or any(e.kind == LedgerEntry.Kind.RELEASE for e in entries):
-        return f"dataset {dataset.name}: no active budget reservation for this study"
-    used = sum(e.steps for e in entries if e.kind == LedgerEntry.Kind.CHARGE)
-    if reservation.steps - used < mechanism.steps:
-        return f"dataset {dataset.name}: the study's reserved budget is used up"
-    if epsilon([*charged(dataset), mechanism], dataset.delta) > dataset.epsilon_max:
-        return f"dataset {dataset.name}: this round would exceed the budget {dataset.epsilon_max:g}"
-    return None
+    why = load_ledger(dataset).round_refusal(study, mechanism)
+    return f"dataset {dataset.name}: {why}" if why else None
 
 
 def charge(dataset: Dataset, study: str, round_number: int, mechanism: Mechanism) -> bool:
     """Record a finished round's mechanism; False if this round was already charged."""
-    _, created = LedgerEntry.objects.get_or_create(
-        dataset=dataset,
-        study=study,
-        round=round_number,
-        kind=LedgerEntry.Kind.CHARGE,
-        defaults={
-            "noise_multiplier": mechanism.noise_multiplier,
-            "sample_rate": mechanism.sample_rate,
-            "steps": mechanism.steps,
-            "unit": mechanism.unit,
-        },
-    )
-    return created
+    entry = load_ledger(dataset).charge(study, round_number, mechanism)
+    return entry is not None and _save(dataset, entry)
 
 
 def release(dataset: Dataset, study: str) -> None:
     """Free what a cancelled or revoked study reserved and did not use."""
-    if dataset.ledger.filter(study=study, kind=LedgerEntry.Kind.RESERVE).exists():
-        LedgerEntry.objects.get_or_create(
-            dataset=dataset,
-            study=study,
-            kind=LedgerEntry.Kind.RELEASE,
-            round=None,
-            defaults={"noise_multiplier": 0.0, "sample_rate": 1.0, "steps": 0, "unit": "episode"},
-        )
+    entry = load_ledger(dataset).release(study)
+    if entry is not None:
+        _save(dataset, entry)

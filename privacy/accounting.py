@@ -7,11 +7,12 @@ how loose). Composition is commutative, so entries with the same (σ, q) are mer
 they reach the accountant, which keeps long histories cheap (RDP is closed form per entry;
 PRV convolves one discretised variable per distinct (σ, q)).
 
-Privacy unit: an entry is either episode-level (the default: one demonstration is the unit)
+Privacy unit: a mechanism is either episode-level (the default: one demonstration is the unit)
 or frame-level. Mixed histories are composed as they are, but the result only protects
 *frames*: a frame-level mechanism gives an episode of F frames F-fold group privacy, which
-the composition does not charge. :meth:`Ledger.privacy_unit` reports the weakest unit, and
-that is the label a report must show.
+the composition does not charge. :meth:`privacy.ledger.Ledger.privacy_unit` reports the
+weakest unit, and that is the label a report must show. A dataset's budget (reservations,
+charges, releases, ε over time) is :class:`privacy.ledger.Ledger`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -168,73 +169,6 @@ def _rdp_floor(history: Sequence[Mechanism], delta: float) -> float:
         rdp = rdp + rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=n, orders=orders)
     eps, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
     return float(eps)
-
-
-@dataclass
-class Ledger:
-    """One dataset's budget (ε_max, δ) and every mechanism charged to it."""
-
-    epsilon_max: float
-    delta: float
-    entries: list[Mechanism] = field(default_factory=list)
-    accountant: str = "rdp"
-
-    def __post_init__(self) -> None:
-        eps_max = _real("epsilon_max", self.epsilon_max)
-        if not (math.isfinite(eps_max) and eps_max > 0):
-            raise ValueError(f"epsilon_max must be a finite number > 0, got {eps_max}")
-        _check_delta(self.delta)
-        _check_accountant(self.accountant)
-        self.epsilon_max = eps_max
-        self.entries = list(self.entries)
-        _check_history(self.entries)
-
-    def spent(self) -> float:
-        """ε of everything charged so far."""
-        return epsilon(self.entries, self.delta, self.accountant)
-
-    def project(self, plan: Mechanism) -> float:
-        """ε if ``plan`` were charged too."""
-        return project(self.entries, plan, self.delta, self.accountant)
-
-    def remaining_fits(self, plan: Mechanism) -> bool:
-        """Whether ``plan`` can be charged without exceeding ``epsilon_max``."""
-        return self.project(plan) <= self.epsilon_max
-
-    def charge(self, plan: Mechanism) -> float:
-        """Append ``plan`` if it fits and return the new ε; raise ValueError otherwise."""
-        eps = self.project(plan)
-        if eps > self.epsilon_max:
-            raise ValueError(f"plan would bring ε to {eps:.4g}, over the budget {self.epsilon_max:.4g}")
-        self.entries.append(plan)
-        return eps
-
-    def privacy_unit(self) -> str:
-        """The unit the composed ε protects: 'frame' if any entry is frame-level."""
-        return "frame" if any(m.unit == "frame" for m in self.entries) else "episode"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "epsilon_max": self.epsilon_max,
-            "delta": self.delta,
-            "accountant": self.accountant,
-            "entries": [m.to_dict() for m in self.entries],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Ledger:
-        """Inverse of :meth:`to_dict`; unknown or missing keys are an error."""
-        if missing := {"epsilon_max", "delta"} - data.keys():
-            raise ValueError(f"ledger is missing {sorted(missing)}")
-        if unknown := data.keys() - {"epsilon_max", "delta", "entries", "accountant"}:
-            raise ValueError(f"ledger has unknown keys {sorted(unknown)}")
-        return cls(
-            epsilon_max=data["epsilon_max"],
-            delta=data["delta"],
-            entries=[Mechanism.from_dict(m) for m in data.get("entries", [])],
-            accountant=data.get("accountant", "rdp"),
-        )
 
 
 def _search(eps_of: Callable[[float], float], target: float, start: float) -> float:

@@ -32,20 +32,18 @@ from audit.models import AuditEvent
 from common.node import create_node
 from common.protocol import CodeBundle, CodeRequestIn, DPPlan, Plan, bundle_sha256
 from common.roles import COMPLIANCE_OFFICER, DATA_OWNER, RESEARCHER
-from compliance import render, signing
-from compliance.reports import (
-    INFINITY,
-    SCHEMA,
-    ReportError,
-    Scope,
-    build_report,
-    epsilon_timeline,
-    make_scope,
-    node_settings,
-    num,
-)
-from datasite import budget, plots, services
+from compliance import signing
+from compliance.blocks import eps_text, ranges
+from compliance.html import render_html
+from compliance.pdf import render_pdf
+from compliance.reports import SCHEMA, build_report, node_settings
+from compliance.scope import ReportError, Scope, make_scope
+from compliance.values import INFINITY, num
+from datasite import budget, code_requests, consent, studies
 from datasite.models import CodeRequest, ConsentEvent, Dataset, LedgerEntry, RoundRun
+from datasite.reports import TIMELINE_POINTS
+from privacy.accounting import Mechanism, epsilon
+from tests.availability import unavailable
 
 db = pytest.mark.django_db
 PURPOSE = "policy-training"
@@ -83,15 +81,15 @@ def make_request(ds: Dataset, title: str, aggregation: str) -> CodeRequest:
     code = CodeBundle(recipe="act", config={"chunk_size": 10, "title": title})
     plan = Plan(rounds=2, local_steps=5, batch_size=2, aggregation=aggregation,
                 dp=DPPlan(noise_multiplier=1.5, clip_norm=1.0))
-    return services.receive_code_request(CodeRequestIn(
+    return code_requests.receive_code_request(CodeRequestIn(
         study=uuid.uuid4().hex, version=1, title=title, researcher="dr-rivera", code=code,
         code_sha256=bundle_sha256(code), plan=plan, datasets=[ds.name],
         sites=[settings.NODE_NAME, "site-b"]))
 
 
 def run_round(cr: CodeRequest, ds: Dataset, number: int, episodes: list[int], started) -> RoundRun:
-    plan = services.plan_of(cr)
-    mech = budget.round_mechanism(plan, services.training_units(ds, plan, services.split_episodes(ds, plan)))
+    plan = studies.plan_of(cr)
+    mech = budget.round_mechanism(plan, consent.training_units(ds, plan, consent.split_episodes(ds, plan)))
     run = RoundRun.objects.create(
         request=cr, study=cr.study, round=number, assignment={}, status=RoundRun.Status.DONE,
         episodes_read={ds.name: episodes}, num_examples=50 * len(episodes), started_at=started,
@@ -110,15 +108,15 @@ def history(db) -> dict:
              RESEARCHER: make_user("rita", RESEARCHER)}
     lab_a, lab_b = make_dataset("lab-a", OWNERS), make_dataset("lab-b", ["c-a", "c-c"])
     for who in ("c-a", "c-b", "c-c"):
-        services.record_consent(who, PURPOSE, True, "form-1", users[DATA_OWNER])
+        consent.record_consent(who, PURPOSE, True, "form-1", users[DATA_OWNER])
     ConsentEvent.objects.update(at=now - timedelta(hours=3))
     approved = make_request(lab_a, "Pick the cube", "secagg")
-    services.decide(approved, users[DATA_OWNER], True, approved.code_sha256, "fine")
+    code_requests.decide(approved, users[DATA_OWNER], True, approved.code_sha256, "fine")
     denied = make_request(lab_b, "Film the lab", "plain")
-    services.decide(denied, users[DATA_OWNER], False, denied.code_sha256,
+    code_requests.decide(denied, users[DATA_OWNER], False, denied.code_sha256,
                     "plain aggregation is not allowed here")
     run_round(approved, lab_a, 1, ROUND_1, now - timedelta(hours=2))
-    withdrawal = services.record_consent("c-b", PURPOSE, False, "email-7", users[DATA_OWNER])
+    withdrawal = consent.record_consent("c-b", PURPOSE, False, "email-7", users[DATA_OWNER])
     ConsentEvent.objects.filter(pk=withdrawal.pk).update(at=now - timedelta(hours=1))
     run_round(approved, lab_a, 2, ROUND_2, now - timedelta(minutes=30))
     return {"users": users, "lab_a": lab_a, "lab_b": lab_b,
@@ -239,12 +237,24 @@ def test_time_range_scope(history):
 
 
 @db
-def test_epsilon_timeline_mirrors_the_data_owner_plot(history):
-    entries = list(history["lab_a"].ledger.order_by("at", "id"))
-    ours = epsilon_timeline(entries, history["lab_a"].delta)
-    theirs = plots.epsilon_timeline(entries, history["lab_a"].delta)
-    assert [(p.at, p.spent, p.committed) for p in ours] == [(p.at, p.spent, p.committed) for p in theirs]
-    thinned = epsilon_timeline(entries, history["lab_a"].delta, max_points=2)
+def test_budget_timeline_is_the_ledger_timeline(history):
+    lab_a = history["lab_a"]
+    entries = list(lab_a.ledger.order_by("at", "id"))
+    assert [e.kind for e in entries] == ["reserve", "charge", "charge"]
+    reserved, first, second = (Mechanism(e.noise_multiplier, e.sample_rate, e.steps) for e in entries)
+    assert reserved.steps == first.steps + second.steps  # both rounds reserved at approval
+    left = Mechanism(reserved.noise_multiplier, reserved.sample_rate, reserved.steps - first.steps)
+    ours = budget.load_ledger(lab_a).timeline(TIMELINE_POINTS)
+    assert [p.at for p in ours] == [e.at for e in entries]
+    assert [p.spent for p in ours] == pytest.approx(
+        [0.0, epsilon([first], lab_a.delta), epsilon([first, second], lab_a.delta)])
+    assert [p.committed for p in ours] == pytest.approx(
+        [epsilon([reserved], lab_a.delta), epsilon([first, left], lab_a.delta),
+         epsilon([first, second], lab_a.delta)])
+    row = {b["dataset"]: b for b in site_report(history)["sections"]["budgets"]["datasets"]}["lab-a"]
+    assert row["timeline"] == [{"at": e.at.isoformat(timespec="seconds"), "spent": num(p.spent),
+                                "committed": num(p.committed)} for e, p in zip(entries, ours, strict=True)]
+    thinned = budget.load_ledger(lab_a).timeline(max_points=2)
     assert [p.at for p in thinned] == [entries[0].at, entries[-1].at] and thinned[-1] == ours[-1]
 
 
@@ -264,7 +274,7 @@ def test_generating_a_report_is_an_audit_event(history):
 
 def pdf_text(pdf: bytes, tmp_path: Path) -> str:
     if shutil.which("pdftotext") is None:
-        pytest.skip("pdftotext (poppler-utils) is not installed")
+        unavailable("pdftotext (poppler-utils) is not installed")
     path = tmp_path / "report.pdf"
     path.write_bytes(pdf)
     return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
@@ -274,12 +284,12 @@ def pdf_text(pdf: bytes, tmp_path: Path) -> str:
 @db
 def test_pdf_text_holds_the_key_figures(history, tmp_path):
     report = site_report(history)
-    pdf = render.render_pdf(report)
+    pdf = render_pdf(report)
     assert pdf.startswith(b"%PDF") and b"/Subtype /Image" in pdf  # the ε plots are embedded
     text = pdf_text(pdf, tmp_path)
     for ds in (history["lab_a"], history["lab_b"]):
         view = budget.view(ds)
-        assert render.eps_text(view.spent) in text and render.eps_text(view.reserved) in text
+        assert eps_text(view.spent) in text and eps_text(view.reserved) in text
     assert history["approved"].code_sha256[:16] in text and history["denied"].code_sha256[:16] in text
     assert report["chain"]["head_hash"] in text
     assert "plain aggregation is not allowed here" in text
@@ -296,7 +306,7 @@ def test_html_report_is_self_contained(history):
     assert (lab_b["dataset"], lab_b["spent"], lab_b["remaining"]) == ("lab-b", INFINITY, 0.0)
     assert "datasets over budget: lab-b" in report["sections"]["dpia"]["risks"][0]["mitigations"]
     assert signing.verify_report(report, signing.sign_report(report)).ok  # ∞ is canonical-JSON-safe
-    html = render.render_html(report)
+    html = render_html(report)
     assert html.startswith("<!doctype html>")
     assert html.count('src="data:image/png;base64,') == 2  # one ε plot per dataset
     assert report["chain"]["head_hash"] in html and history["approved"].code_sha256 in html
@@ -313,7 +323,7 @@ def test_controller_and_contacts_come_from_node_json(settings, tmp_path):
         "controller": "Lab A Robotics GmbH, Berlin", "contact": "privacy@lab-a.example",
         "dpo": 'not configured (set "dpo" in node.json)',
         "retention": 'not configured (set "retention" in node.json)'}
-    assert render.ranges([7, 0, 1, 2, 5, 8]) == "0–2, 5, 7–8" and render.ranges([]) == "—"
+    assert ranges([7, 0, 1, 2, 5, 8]) == "0–2, 5, 7–8" and ranges([]) == "—"
 
 
 # ----------------------------------------------------------------------------- tampering
@@ -352,9 +362,9 @@ def test_tampered_chain_is_reported_in_the_first_section(history, tmp_path):
     log = report["sections"]["event_log"]
     assert [e["seq"] for e in log["events"] if not e["verified"]] == list(range(3, log["count"] + 1))
     assert report["chain"]["head_hash"] == AuditEvent.objects.get(seq=2).hash
-    html = render.render_html(report)
+    html = render_html(report)
     assert html.index("the audit chain is BROKEN") < html.index("Record of processing")
-    text = pdf_text(render.render_pdf(report), tmp_path)
+    text = pdf_text(render_pdf(report), tmp_path)
     assert text.index("BROKEN") < text.index("Record of processing")
 
 
@@ -494,8 +504,8 @@ def test_orchestrator_study_report(settings, tmp_path):
                                                                            ("b", "denied", "no")]
     assert sec["rounds"][0]["updates"] == 1 and sec["event_log"]["count"] == 2
     assert report["node"]["role"] == "orchestrator"
-    assert render.render_pdf(report).startswith(b"%PDF")
-    assert "denied" in render.render_html(report)
+    assert render_pdf(report).startswith(b"%PDF")
+    assert "denied" in render_html(report)
     assert num(float("inf")) == INFINITY
     with pytest.raises(ReportError, match="no study"):
         build_report(make_scope(study="nope"), "carl")

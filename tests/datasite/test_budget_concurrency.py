@@ -2,7 +2,7 @@
 
 Each of 50 pending code requests (different studies, identical plans) would reserve the same
 mechanism on one dataset; ε_max lies between the composed ε of 10 and of 11 such studies.
-50 threads, released together, each call ``services.decide(..., approve=True)`` on their own
+50 threads, released together, each call ``code_requests.decide(..., approve=True)`` on their own
 database connection. Exactly 10 must win; the other 40 get a Conflict and change nothing.
 
 On PostgreSQL ``decide`` serialises on ``SELECT … FOR UPDATE`` of the dataset row (this
@@ -26,9 +26,10 @@ from django.db import connection, connections
 
 from audit import trail
 from audit.models import AuditEvent
+from common.errors import Conflict
 from common.protocol import CodeBundle, CodeRequestIn, DPPlan, Plan, bundle_sha256
 from common.roles import DATA_OWNER
-from datasite import budget, services
+from datasite import budget, code_requests, consent
 from datasite.models import CodeRequest, Dataset, LedgerEntry
 from privacy.accounting import Mechanism, epsilon
 
@@ -66,13 +67,13 @@ def make_dataset(name: str = "lab-a") -> Dataset:
 
 def study_mechanism(ds: Dataset) -> Mechanism:
     """What one study reserves on ``ds``: its round mechanism for all of its rounds."""
-    split = services.split_episodes(ds, PLAN)
-    m = budget.round_mechanism(PLAN, services.training_units(ds, PLAN, split))
+    split = consent.split_episodes(ds, PLAN)
+    m = budget.round_mechanism(PLAN, consent.training_units(ds, PLAN, split))
     return Mechanism(m.noise_multiplier, m.sample_rate, m.steps * PLAN.rounds, m.unit)
 
 
 def receive(ds: Dataset, i: int) -> CodeRequest:
-    return services.receive_code_request(
+    return code_requests.receive_code_request(
         CodeRequestIn(
             study=uuid.uuid4().hex,
             version=1,
@@ -89,15 +90,15 @@ def receive(ds: Dataset, i: int) -> CodeRequest:
 
 def approve_concurrently(requests: list[CodeRequest], owner: User) -> tuple[list, list]:
     """Every request approved by its own thread, all released at once: (conflicts, other errors)."""
-    conflicts: list[services.Conflict] = []
+    conflicts: list[Conflict] = []
     errors: list[BaseException] = []
     start = threading.Barrier(len(requests))
 
     def approve(request: CodeRequest) -> None:
         try:
             start.wait()
-            services.decide(request, owner, True, request.code_sha256)
-        except services.Conflict as exc:
+            code_requests.decide(request, owner, True, request.code_sha256)
+        except Conflict as exc:
             conflicts.append(exc)
         except BaseException as exc:
             errors.append(exc)
@@ -117,7 +118,7 @@ def fifty_approvals_for_a_budget_of_ten() -> None:
     owner.groups.add(Group.objects.get_or_create(name=DATA_OWNER)[0])
     ds = make_dataset()
     for who in sorted(set(ds.contributors().values())):
-        services.record_consent(who, PURPOSE, True, "form-1", owner)
+        consent.record_consent(who, PURPOSE, True, "form-1", owner)
     mech = study_mechanism(ds)
     fits, one_more = epsilon([mech] * FITS, ds.delta), epsilon([mech] * (FITS + 1), ds.delta)
     assert fits < one_more - 0.05, (fits, one_more)  # a clear margin either side of ε_max
@@ -161,7 +162,7 @@ def test_fifty_concurrent_approvals_reserve_exactly_ten():
 def sqlite_file_database(django_db_setup, django_db_blocker, tmp_path: Path) -> Iterator[None]:
     """The ``default`` alias pointed at a migrated SQLite file with a node's settings, then restored.
 
-    ``services.decide`` uses the default alias, so the alias itself moves: threads open their
+    ``code_requests.decide`` uses the default alias, so the alias itself moves: threads open their
     own connections to the file. The busy timeout is longer than a node's (30 s) only so that a
     slow CI machine cannot time out the 50th waiter; the locking is the node's.
     """

@@ -7,13 +7,7 @@ import math
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from privacy.accounting import (
-    Ledger,
-    Mechanism,
-    epsilon,
-    noise_for_epsilon,
-    project,
-)
+from privacy.accounting import Mechanism, epsilon, noise_for_epsilon, project
 
 Q = 256 / 10_000
 DELTA = 1e-5
@@ -136,38 +130,3 @@ def test_argument_validation():
 def test_mechanism_json_round_trip():
     m = Mechanism(0.7, 0.01, 123, unit="frame")
     assert Mechanism.from_dict(json.loads(json.dumps(m.to_dict()))) == m
-
-
-def test_ledger_spends_reserves_and_refuses():
-    ledger = Ledger(epsilon_max=10.0, delta=DELTA)
-    assert ledger.spent() == 0.0
-    assert ledger.charge(Mechanism(1.0, Q, 1000)) == pytest.approx(ledger.spent())
-    plan = Mechanism(1.0, Q, 1000)
-    assert ledger.project(plan) == pytest.approx(epsilon([REFERENCE], DELTA), rel=1e-9)
-    assert ledger.remaining_fits(plan)
-    ledger.charge(plan)
-    too_much = Mechanism(1.0, Q, 2000)
-    assert not ledger.remaining_fits(too_much)
-    with pytest.raises(ValueError, match="over the budget"):
-        ledger.charge(too_much)
-    assert len(ledger.entries) == 2  # the refused plan changed nothing
-    restored = Ledger.from_dict(json.loads(json.dumps(ledger.to_dict())))
-    assert restored == ledger
-
-
-def test_ledger_reports_weakest_privacy_unit():
-    ledger = Ledger(epsilon_max=20.0, delta=DELTA, entries=[REFERENCE])
-    assert ledger.privacy_unit() == "episode"
-    ledger.charge(Mechanism(1.0, Q, 10, unit="frame"))
-    assert ledger.privacy_unit() == "frame"
-
-
-def test_ledger_validation():
-    with pytest.raises(ValueError, match="epsilon_max"):
-        Ledger(epsilon_max=0.0, delta=DELTA)
-    with pytest.raises(ValueError, match="delta"):
-        Ledger(epsilon_max=1.0, delta=1.0)
-    with pytest.raises(ValueError, match="accountant"):
-        Ledger(epsilon_max=1.0, delta=DELTA, accountant="moments")
-    with pytest.raises(ValueError, match="missing"):
-        Ledger.from_dict({"epsilon_max": 1.0})

@@ -8,8 +8,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from compliance import render, signing
-from compliance.reports import ReportError, build_report, make_scope
+from compliance import html, pdf, signing
+from compliance.reports import build_report
+from compliance.scope import ReportError, make_scope
 
 
 def _actor() -> str:
@@ -47,10 +48,10 @@ class Command(BaseCommand):
             _, sig = signing.write_signed(report, out)
             written = f"{out} and its signature {sig}"
         elif opts["format"] == "pdf":
-            out.write_bytes(render.render_pdf(report))
+            out.write_bytes(pdf.render_pdf(report))
             written = str(out)
         else:
-            out.write_text(render.render_html(report), encoding="utf-8")
+            out.write_text(html.render_html(report), encoding="utf-8")
             written = str(out)
         chain = report["chain"]
         if not chain["ok"]:
