@@ -158,7 +158,9 @@ def test_private_reach_finder_finds_both_kinds():
         "orchestrator/engine.py": "def _fail(study): ...\n",
         "orchestrator/modes/he.py": "from orchestrator import engine\nengine._fail(1)\n",
         "privacy/robust.py": "from privacy.strategies import _float64\n",
-        "orchestrator/sites.py": "class SiteClient:\n    def _call(self): ...\n    def ok(self):\n        self._call()\n",
+        "orchestrator/sites.py": (
+            "class SiteClient:\n    def _call(self): ...\n    def ok(self):\n        self._call()\n"
+        ),
         "orchestrator/modes/secagg.py": "def step(client):\n    client._call()\n",
     }
     assert private_reaches(sources) == [
