@@ -5,8 +5,7 @@ person's demonstration: an episode of F frames only gets F-fold *group* privacy 
 DP. fedsilo therefore applies the sampled Gaussian mechanism to whole episodes:
 
 1. **Poisson sampling of episodes**: every step, each allowed episode is picked independently
-   with probability q (opacus ``UniformWithReplacementSampler`` over episode ids); the batch
-   size varies, and may be zero.
+   with probability q; the batch size varies, and may be zero.
 2. **K windows per sampled episode**: K frames (with their action chunks / observation
    windows, all inside the same episode) are drawn from each picked episode.
 3. **Per-episode gradient**: the gradient of the mean of the K per-frame losses, computed
@@ -28,23 +27,39 @@ Frame-level DP (``unit="frame"``, K = 1, frames as units) is the same code with 
 place of episodes. It is **weaker** and labelled so in results: it bounds the influence of one
 frame, not of one demonstration.
 
-The sampling and noise randomness must be secret from whoever sees the update: seed them from
-OS entropy in production (``dp_seed=None`` in the trainer); fixed seeds are for tests.
+**Where the randomness comes from.** The guarantee assumes that whoever sees an update cannot
+predict the sampling or the noise. A PRNG with a small seed breaks that: ``torch.Generator``
+takes at most 64 bits, so an observer of one site's update could search the seed space,
+regenerate the noise and subtract it. Every draw the guarantee rests on (which units are
+sampled, which frames of a sampled episode are used, the Gaussian noise) therefore comes from
+:class:`privacy.csprng.Csprng`: AES-256-CTR keystream under a key of at least 128 bits (the
+trainer uses 32 bytes), with one domain-separated stream per purpose (:func:`dp_streams`).
+Normals are drawn in float64 on the CPU and moved to the parameter's device and dtype. The key
+comes from OS entropy in production (``dp_seed=None`` in the trainer) or from the site's
+full-length keyed hash of the round, so that a retried round repeats its noise instead of
+releasing fresh noise; fixed keys are for tests. Randomness that no guarantee rests on (model
+initialisation, dropout, augmentation) stays on torch's generators.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+from privacy.csprng import Csprng, KeyStream
 
 __all__ = [
     "EPISODE",
     "FRAME",
     "FRAME_LEVEL_NOTE",
+    "DpStreams",
     "NormHook",
+    "dp_streams",
     "noisy_clipped_gradient",
     "sample_frames",
     "unit_sampler",
@@ -61,28 +76,34 @@ NormHook = Callable[[Tensor, Tensor], None]
 """Called once per step with (per-unit norms before clipping, after clipping); tests/audits."""
 
 
-def unit_sampler(
-    num_units: int, sample_rate: float, steps: int, generator: torch.Generator
-) -> Iterator[list[int]]:
-    """Poisson sampling over unit ids 0..num_units-1 (opacus' sampler): one list per step."""
-    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+class DpStreams(NamedTuple):
+    """The independent CSPRNG streams of one DP training run."""
 
+    units: KeyStream
+    frames: KeyStream
+    noise: KeyStream
+
+
+def dp_streams(key: bytes) -> DpStreams:
+    """Streams for Poisson sampling, frame choice and noise, keyed by ``key`` (≥ 16 bytes)."""
+    rng = Csprng(key)
+    return DpStreams(rng.stream("dp.units"), rng.stream("dp.frames"), rng.stream("dp.noise"))
+
+
+def unit_sampler(num_units: int, sample_rate: float, steps: int, stream: KeyStream) -> Iterator[list[int]]:
+    """Poisson sampling over unit ids 0..num_units-1: one (possibly empty) list per step."""
     if not 0.0 < sample_rate <= 1.0:
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
-    yield from UniformWithReplacementSampler(
-        num_samples=num_units, sample_rate=sample_rate, generator=generator, steps=steps
-    )
+    for _ in range(steps):
+        yield np.flatnonzero(stream.bernoulli(sample_rate, num_units)).tolist()
 
 
-def sample_frames(rows: Sequence[int], k: int, generator: torch.Generator) -> list[int]:
+def sample_frames(rows: Sequence[int], k: int, stream: KeyStream) -> list[int]:
     """K rows of one episode, uniformly without replacement (with replacement if it is shorter)."""
     n = len(rows)
     if n == 0:
         raise ValueError("episode has no frames")
-    if n >= k:
-        pick = torch.randperm(n, generator=generator)[:k]
-    else:
-        pick = torch.randint(n, (k,), generator=generator)
+    pick = stream.sample(n, k) if n >= k else stream.integers(n, k)
     return [rows[i] for i in pick.tolist()]
 
 
@@ -95,7 +116,7 @@ def noisy_clipped_gradient(
     clip_norm: float,
     noise_multiplier: float,
     expected_units: float,
-    generator: torch.Generator,
+    noise: KeyStream,
     vmap_loss: Callable[[nn.Module, dict[str, Tensor], dict[str, Any]], Tensor] | None = None,
     norm_hook: NormHook | None = None,
 ) -> dict[str, Tensor]:
@@ -105,28 +126,42 @@ def noisy_clipped_gradient(
     empty). ``loss_fn(policy, batch)`` must be the mean of per-frame losses of that batch.
     With ``vmap_loss`` (equal K for all units) the per-unit gradients come from one
     ``torch.func.vmap(grad(...))`` call; otherwise one forward/backward per unit.
-    ``generator`` (on the parameters' device) draws the noise.
+    ``noise`` draws the Gaussian noise (float64 normals, cast to each parameter's dtype), in
+    a worker thread while the gradients are computed.
     """
     if clip_norm <= 0 or noise_multiplier < 0 or expected_units <= 0:
         raise ValueError("need clip_norm > 0, noise_multiplier >= 0 and expected_units > 0")
     names = list(params)
     tensors = [params[n] for n in names]
-    if unit_batches and vmap_loss is not None:
-        acc, pre, post = _vmap_clipped_sum(
-            policy, params, unit_batches, vmap_loss, clip_norm, norm_hook is not None
-        )
-    else:
-        acc, pre, post = _loop_clipped_sum(
-            policy, tensors, unit_batches, loss_fn, clip_norm, norm_hook is not None
-        )
+    std = noise_multiplier * clip_norm
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # the noise depends on no data: the CPU draws it while the gradients are computed
+        drawing = pool.submit(_normals, noise, tensors) if std else None
+        if unit_batches and vmap_loss is not None:
+            acc, pre, post = _vmap_clipped_sum(
+                policy, params, unit_batches, vmap_loss, clip_norm, norm_hook is not None
+            )
+        else:
+            acc, pre, post = _loop_clipped_sum(
+                policy, tensors, unit_batches, loss_fn, clip_norm, norm_hook is not None
+            )
+        normals = drawing.result() if drawing is not None else [None] * len(acc)
     if norm_hook is not None:
         norm_hook(pre.detach().cpu(), post.detach().cpu())
-    std = noise_multiplier * clip_norm
     out = {}
-    for name, s in zip(names, acc, strict=True):  # acc holds fresh tensors: update in place
-        noise = torch.randn(s.shape, generator=generator, device=s.device, dtype=s.dtype)
-        out[name] = s.add_(noise, alpha=std).div_(expected_units)
+    for name, s, z in zip(names, acc, normals, strict=True):  # acc is fresh: update in place
+        if z is not None:
+            s.add_(torch.from_numpy(z).view(s.shape).to(device=s.device, dtype=s.dtype), alpha=std)
+        out[name] = s.div_(expected_units)
     return out
+
+
+def _normals(noise: KeyStream, tensors: list[Tensor]) -> list[np.ndarray]:
+    """One array of standard normals per tensor, in order (float64 for float64 tensors)."""
+    return [
+        noise.standard_normal(t.numel(), np.float64 if t.dtype == torch.float64 else np.float32)
+        for t in tensors
+    ]
 
 
 def _loop_clipped_sum(

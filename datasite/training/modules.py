@@ -44,8 +44,13 @@ and the site re-verifies that hash before the code is ever executed
 (:func:`datasite.studies.verified_code`, before the initial weights and every round), as in
 PySyft: *the approval is the control*. The code runs in-process with the worker's rights.
 :func:`check_source`, run when a code request arrives, refuses a module that imports
-:data:`DENIED_MODULES` or uses :data:`DENIED_NAMES`, and reports the line. It is a **review
-aid, not a sandbox**: Python offers many ways around any such list (``torch.load``,
+:data:`DENIED_MODULES` or :data:`PROTECTED_MODULES`, uses :data:`DENIED_NAMES`, or assigns to
+an attribute of an imported module (monkeypatching), and reports the line.
+:data:`PROTECTED_MODULES` are fedsilo's own packages and the libraries its DP rests on: a
+module that imported them could patch the clipping, the noise, its randomness or the ledger
+and switch DP off while the site still charges the approved σ. ``torch`` (layers) and
+``torch.func`` (a module's own ``vmap_loss`` uses ``functional_call``) stay allowed. It is a
+**review aid, not a sandbox**: Python offers many ways around any such list (``torch.load``,
 ``numpy.load`` on pickles, introspection), so read the code before approving it. A site that
 wants containment runs its Celery training workers in a container without network access and
 with read-only access to its datasets.
@@ -63,14 +68,16 @@ import inspect
 import linecache
 import traceback
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
     "DENIED_ATTRIBUTES",
     "DENIED_MODULES",
     "DENIED_NAMES",
+    "PROTECTED_MODULES",
     "Finding",
     "ModuleCodeError",
     "call_entry",
@@ -83,6 +90,22 @@ DENIED_MODULES = frozenset(
     {"os", "subprocess", "socket", "shutil", "sys", "ctypes", "importlib", "builtins", "pickle",
      "requests", "httpx", "urllib"}
 )  # fmt: skip
+_FEDSILO = "fedsilo's own code: a module could patch the DP it is charged for, the ledger or these checks"
+_RANDOMNESS = "the DP key and noise are derived with it: patching it would make the noise predictable"
+PROTECTED_MODULES: Mapping[str, str] = MappingProxyType(
+    dict.fromkeys(
+        ("privacy", "datasite", "orchestrator", "common", "audit", "compliance", "webapp"), _FEDSILO
+    )
+    | {
+        "opacus": "a DP library: patching it could switch DP off",
+        "cryptography": _RANDOMNESS,
+        "numpy": _RANDOMNESS,
+        "hmac": _RANDOMNESS,
+        "hashlib": _RANDOMNESS,
+        "secrets": _RANDOMNESS,
+    }
+)
+"""Top-level packages a module may not import, each with the reason."""
 DENIED_NAMES = frozenset({"eval", "exec", "open", "__import__", "__builtins__"})
 DENIED_ATTRIBUTES = frozenset(
     {"__import__", "__builtins__", "__globals__", "__subclasses__", "__code__", "__loader__"}
@@ -120,21 +143,28 @@ def check_source(source: str, entry: str = "build_policy") -> list[Finding]:
         return [Finding(None, f"syntax error: {exc}")]
     findings: list[Finding] = []
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    imported = _imported_names(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                top = alias.name.split(".")[0]
-                if top in DENIED_MODULES:
-                    findings.append(Finding(node.lineno, f"import of {alias.name!r} is not allowed"))
+                findings.extend(_import_finding(node.lineno, alias.name, f"import of {alias.name!r}"))
         elif isinstance(node, ast.ImportFrom):
-            top = (node.module or "").split(".")[0]
             if node.level:
                 findings.append(Finding(node.lineno, "relative imports are not allowed"))
-            elif top in DENIED_MODULES:
-                findings.append(Finding(node.lineno, f"import from {node.module!r} is not allowed"))
+            else:
+                what = f"import from {node.module!r}"
+                findings.extend(_import_finding(node.lineno, node.module or "", what))
             for alias in node.names:
                 if alias.name in DENIED_NAMES:
                     findings.append(Finding(node.lineno, f"importing {alias.name!r} is not allowed"))
+        elif isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.Delete):
+            for target in _targets(node):
+                root = _root_name(target)
+                if isinstance(target, ast.Attribute | ast.Subscript) and root in imported:
+                    findings.append(
+                        Finding(node.lineno, f"assigning to an attribute of imported {root!r} "
+                                "(monkeypatching) is not allowed")
+                    )  # fmt: skip
         elif isinstance(node, ast.Name) and node.id in DENIED_NAMES:
             what = "call of" if id(node) in called else "use of"
             findings.append(Finding(node.lineno, f"{what} {node.id}() is not allowed"))
@@ -200,6 +230,43 @@ def call_entry(fn: Callable[..., Any], bundle: Any, config: Mapping[str, Any]) -
 
 
 # --------------------------------------------------------------------------- helpers
+def _import_finding(line: int, module: str, what: str) -> list[Finding]:
+    top = module.split(".")[0]
+    if top in DENIED_MODULES:
+        return [Finding(line, f"{what} is not allowed")]
+    if top in PROTECTED_MODULES:
+        return [Finding(line, f"{what} is not allowed ({PROTECTED_MODULES[top]})")]
+    return []
+
+
+def _imported_names(tree: ast.Module) -> set[str]:
+    """Names that imports bind anywhere in the module (``import a.b`` binds ``a``)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                names.add(alias.asname or alias.name.split(".")[0])
+    return names
+
+
+def _targets(node: ast.stmt) -> Iterator[ast.expr]:
+    """Every expression a statement assigns to or deletes (tuple targets unpacked)."""
+    todo = list(node.targets) if isinstance(node, ast.Assign | ast.Delete) else [node.target]
+    while todo:
+        target = todo.pop()
+        if isinstance(target, ast.Tuple | ast.List | ast.Starred):
+            todo.extend(target.elts if not isinstance(target, ast.Starred) else [target.value])
+        else:
+            yield target
+
+
+def _root_name(node: ast.expr) -> str | None:
+    """``a`` for ``a.b[0].c``; None when the chain does not start at a plain name."""
+    while isinstance(node, ast.Attribute | ast.Subscript):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
 def _check_entry(tree: ast.Module, entry: str) -> list[Finding]:
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == entry:

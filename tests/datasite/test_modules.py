@@ -15,13 +15,17 @@ import torch
 from django.contrib.auth.models import Group, User
 from django.test import override_settings
 
+from common.errors import Forbidden
 from common.models import ApiToken
 from common.protocol import CodeBundle, CodeRequestIn, Plan, bundle_sha256, plan_sha256
-from datasite import services
+from datasite import code_requests, consent, datasets, preparation, results, rounds
+from datasite.datagen import generate_so100
 from datasite.models import CodeRequest, RoundRun
 from datasite.training.dataset import validate_dataset
 from datasite.training.modules import ModuleCodeError, check_source, load_entry, validate_source
-from datasite.training.so100 import generate_so100
+from datasite.training.recipes import build_bundle, build_policy
+from datasite.training.trainer import LocalPlan, evaluate, train_local
+from datasite.training.weights import load_safetensors, trainable_state
 
 STUDY = "b" * 32
 BASE = {"dim_model": 32, "dim_feedforward": 64, "n_vae_encoder_layers": 1, "freeze_backbone": True}
@@ -81,8 +85,6 @@ def module(source: str = FREEZE, **kw) -> CodeBundle:
 
 
 def test_a_module_that_freezes_all_but_the_head_trains_only_the_head(so100):
-    from datasite.training.trainer import LocalPlan, evaluate, train_local
-
     root, summary = so100
     code = module().model_dump()
     plan = LocalPlan(local_steps=3, batch_size=4, lr=1e-2, eval_frames=8)
@@ -92,24 +94,18 @@ def test_a_module_that_freezes_all_but_the_head_trains_only_the_head(so100):
     assert all(float(t.abs().sum()) > 0 for t in result.update.values())
     assert result.metrics["recipe"] == "act-small+module"
     # the same bundle under episode-level DP (the base recipe's vmap loss still applies)
-    dp = LocalPlan(local_steps=2, batch_size=2, lr=1e-2, dp=True, dp_seed=1, eval_frames=4)
+    dp = LocalPlan(local_steps=2, batch_size=2, lr=1e-2, dp=True, dp_seed=bytes(16), eval_frames=4)
     private = train_local(None, None, None, root, [0, 1, 2], dp, summary.stats, progress=False, code=code)
     assert sorted(private.update) == HEAD and private.mechanism is not None
     assert private.metrics["dp_mode"] == "vmap"
     with pytest.raises(ValueError, match="either code or recipe"):
         train_local(None, "act-small", None, root, [0], plan, summary.stats, progress=False, code=code)
-    from datasite.training.recipes import build_bundle
-    from datasite.training.weights import trainable_state
-
     weights = trainable_state(build_bundle(code, summary.features, summary.stats, device="cpu").policy)
     loss = evaluate(weights, None, None, root, [3], summary.stats, frames=4, code=code, device="cpu")
     assert loss > 0
 
 
 def test_a_swapped_head_is_seeded_and_a_new_loss_drops_the_base_vmap_loss(so100):
-    from datasite.training.recipes import build_bundle, build_policy
-    from datasite.training.weights import trainable_state
-
     _, summary = so100
     code = module(SWAP, config={"hidden": 16}).model_dump()
     a = build_bundle(code, summary.features, summary.stats, device="cpu")
@@ -197,6 +193,81 @@ def test_the_static_check_refuses_denied_imports_and_calls_with_the_line(source,
         load_entry(source)
 
 
+# a module that switches DP off: the site would still charge the approved σ to the ledger
+NO_NOISE = """import torch
+
+from datasite.training import dp
+
+
+def build_policy(bundle, config):
+    dp.noisy_clipped_gradient = lambda *args, **kwargs: {}
+    return bundle
+"""
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize(
+    ("source", "line", "message"),
+    [
+        (NO_NOISE, 3, "import from 'datasite.training' is not allowed (fedsilo's own code"),
+        ("import privacy.accounting as x\n", 1, "import of 'privacy.accounting' is not allowed (fedsilo"),
+        ("from privacy.csprng import Csprng\n", 1, "import from 'privacy.csprng' is not allowed"),
+        ("import datasite.training.dp\n", 1, "import of 'datasite.training.dp' is not allowed"),
+        ("from datasite.training.dp import noisy_clipped_gradient as f\n", 1, "fedsilo's own code"),
+        ("import torch, privacy\n", 1, "import of 'privacy' is not allowed"),
+        ("import common.protocol\n", 1, "import of 'common.protocol'"),
+        ("import audit, compliance\n", 1, "import of 'compliance'"),
+        ("from orchestrator import engine\n", 1, "import from 'orchestrator'"),
+        ("import webapp.settings as s\n", 1, "import of 'webapp.settings'"),
+        ("import opacus\n", 1, "import of 'opacus' is not allowed (a DP library"),
+        ("from opacus.optimizers import DPOptimizer\n", 1, "import from 'opacus.optimizers'"),
+        ("import numpy as np\n", 1, "import of 'numpy' is not allowed (the DP key and noise"),
+        ("from cryptography.hazmat.primitives import ciphers\n", 1, "noise predictable"),
+        ("import hmac\n", 1, "import of 'hmac'"),
+        ("from hashlib import sha256\n", 1, "import from 'hashlib'"),
+        ("import secrets\n", 1, "import of 'secrets'"),
+        ("x = 1\ndef f():\n    import privacy.ledger\n", 3, "import of 'privacy.ledger'"),
+        ("import torch\ntorch.randn = torch.zeros\n", 2, "imported 'torch' (monkeypatching)"),
+        ("import torch.linalg as la\nla.vector_norm = abs\n", 2, "imported 'la' (monkeypatching)"),
+        ("from torch import nn\nnn.functional.dropout, y = None, 1\n", 2, "imported 'nn'"),
+        ("import torch\ntorch.__dict__['randn'] = None\n", 2, "imported 'torch'"),
+        ("import torch\ndel torch.linalg.vector_norm\n", 2, "imported 'torch'"),
+    ],
+)
+def test_the_static_check_refuses_modules_that_could_reach_the_dp(source, line, message):
+    source += "\ndef build_policy(bundle, config):\n    return bundle\n"
+    findings = check_source(source)
+    assert any(f.line == line and message in f.message for f in findings), findings
+    with pytest.raises(ModuleCodeError, match=f"line {line}: "):
+        load_entry(source)  # nothing is executed
+
+
+def test_modules_may_still_build_layers_and_their_own_vmap_loss():
+    source = """import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+
+def build_policy(bundle, config):
+    act = bundle.policy.model
+    act.action_head = nn.Linear(act.config.dim_model, act.action_head.out_features)
+    nn.init.normal_(act.action_head.weight, std=1 / math.sqrt(act.config.dim_model))
+    act.extra = torch.zeros(1)
+    bundle.config["note"] = F.relu(torch.ones(1)).item()
+
+    def vmap_loss(policy, params, batch):
+        return functional_call(policy, params, (batch,))[0]
+
+    return dataclasses.replace(bundle, vmap_loss=vmap_loss)
+"""
+    assert check_source(source) == []
+    assert check_source(SWAP) == [] and check_source(FREEZE) == []
+
+
 def test_syntax_errors_and_missing_entries_are_reported():
     with pytest.raises(ModuleCodeError, match="line 3: syntax error") as info:
         validate_source("import torch\n\ndef build_policy(bundle config):\n    return bundle\n")
@@ -239,9 +310,9 @@ def _token(username: str, role: str) -> str:
 def site(so100, settings, tmp_path):
     settings.NODE_NAME = "site-a"
     settings.DATA_DIR = tmp_path
-    ds = services.register_dataset("so100", so100[0], epsilon_max=20.0, delta=1e-5)
+    ds = datasets.register_dataset("so100", so100[0], epsilon_max=20.0, delta=1e-5)
     for person in set(ds.contributors().values()):
-        services.record_consent(person, "policy-training", True, "form")
+        consent.record_consent(person, "policy-training", True, "form")
     return ds
 
 
@@ -287,16 +358,14 @@ def test_the_api_refuses_a_module_that_imports_socket_with_the_line(client, site
 
 @pytest.mark.django_db
 def test_an_approved_module_runs_and_refuses_to_run_a_different_source(site):
-    from datasite.training.weights import load_safetensors
-
     code = module()
-    services.receive_code_request(CodeRequestIn.model_validate(_request_body(code)))
+    code_requests.receive_code_request(CodeRequestIn.model_validate(_request_body(code)))
     request = CodeRequest.objects.get()
-    services.decide(request, User.objects.create_user("olga"), True, request.code_sha256)
-    stats = services.study_stats(STUDY)
-    initial = services.initial_weights(STUDY, stats)
+    code_requests.decide(request, User.objects.create_user("olga"), True, request.code_sha256)
+    stats = preparation.study_stats(STUDY)
+    initial = preparation.initial_weights(STUDY, stats)
     assert sorted(load_safetensors(initial)) == HEAD
-    (services.round_dir(STUDY, 1) / "global.safetensors").write_bytes(initial)
+    (results.round_dir(STUDY, 1) / "global.safetensors").write_bytes(initial)
     run = RoundRun.objects.create(
         request=request,
         study=STUDY,
@@ -308,18 +377,16 @@ def test_an_approved_module_runs_and_refuses_to_run_a_different_source(site):
         },
     )
     assert request.plan_sha256 == plan_sha256(Plan.model_validate(request.plan))
-    metrics, _, _, mechanism, _ = services._train(run)  # the approved module trains, under DP
+    metrics, _, _, mechanism, _ = rounds.train_round(run)  # the approved module trains, under DP
     assert mechanism is not None and metrics["recipe"] == "act-small+module" and metrics["heldout_loss"] > 0
-    assert (
-        sorted(load_safetensors((services.round_dir(STUDY, 1) / "update.safetensors").read_bytes())) == HEAD
-    )
+    assert sorted(load_safetensors((results.round_dir(STUDY, 1) / "update.safetensors").read_bytes())) == HEAD
     # one character changed under the approval, and code that would show if it ever ran
     tampered = FREEZE.replace("Fine-tune", "Fine-tunE") + "raise RuntimeError('the tampered module ran')\n"
     CodeRequest.objects.filter(pk=request.pk).update(code={**request.code, "source": tampered})
-    with pytest.raises(services.Forbidden, match="no longer matches its approved SHA-256"):
-        services._train(run)
-    with pytest.raises(services.Forbidden, match="no longer matches its approved SHA-256"):
-        services.initial_weights(STUDY, stats)
+    with pytest.raises(Forbidden, match="no longer matches its approved SHA-256"):
+        rounds.train_round(run)
+    with pytest.raises(Forbidden, match="no longer matches its approved SHA-256"):
+        preparation.initial_weights(STUDY, stats)
 
 
 def test_the_client_proposes_a_module_bundle(tmp_path):
@@ -355,8 +422,8 @@ def test_the_client_proposes_a_module_bundle(tmp_path):
 
 
 def test_the_request_page_shows_a_modules_settings_under_its_source():
-    from datasite.views import _code_text
+    from datasite.views.requests import code_text
 
-    text, lexer = _code_text(module().model_dump())
+    text, lexer = code_text(module().model_dump())
     assert text.startswith('"""Fine-tune') and lexer.name == "Python"
     assert '#   base_config = {"dim_feedforward": 64' in text and '#   entry = "build_policy"' in text

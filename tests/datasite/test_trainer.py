@@ -14,13 +14,14 @@ import torch
 
 from datasite.datagen import generate_so100
 from datasite.training.dataset import validate_dataset
-from datasite.training.dp import noisy_clipped_gradient
+from datasite.training.dp import dp_streams, noisy_clipped_gradient
 from datasite.training.recipes import build_policy
 from datasite.training.trainer import LocalPlan, evaluate, train_local
 from datasite.training.weights import manifest, trainable_state
 from privacy.accounting import Mechanism
 
 EPISODES = 8
+KEY = bytes(range(32))  # a fixed DP key: reproducible tests (production draws 32 secret bytes)
 # small ACT: fast on 2 CPU cores, same code path as the default act-small
 ACT = {"dim_model": 64, "dim_feedforward": 128, "n_vae_encoder_layers": 1}
 
@@ -123,7 +124,7 @@ def _dp_plan(**kw) -> LocalPlan:
         "noise_multiplier": 1.0,
         "clip_norm": 0.5,
         "frames_per_episode": 3,
-        "dp_seed": 1,
+        "dp_seed": KEY,
         "dp_mode": "loop",
     }
     return LocalPlan(**(base | kw))
@@ -143,7 +144,7 @@ def test_dp_mechanism_matches_plan(dataset):
 def test_dp_noise_same_seed_same_result_other_seed_differs(dataset):
     a, b = _train(dataset, _dp_plan()), _train(dataset, _dp_plan())
     assert all(torch.equal(a.update[n], b.update[n]) for n in a.update)
-    c = _train(dataset, _dp_plan(dp_seed=2))
+    c = _train(dataset, _dp_plan(dp_seed=bytes(32)))
     assert _dist(a.update, c.update) > 0
 
 
@@ -218,6 +219,10 @@ def test_plan_validation():
         LocalPlan(sample_rate=1.5)
     with pytest.raises(ValueError, match="mu must be >= 0"):
         LocalPlan(mu=-1.0)
+    for seed in (1, 2**62, bytes(15), "k" * 32):  # integers could be searched; keys are bytes
+        with pytest.raises(ValueError, match="dp_seed must be null or a secret key of at least 16"):
+            LocalPlan(dp=True, dp_seed=seed)
+    assert KEY.hex() not in repr(LocalPlan(dp=True, dp_seed=KEY)) and "dp_seed" not in str(LocalPlan())
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['sigma'\]"):
         LocalPlan.from_dict({"sigma": 1.0})
     assert LocalPlan.from_dict(LocalPlan(dp=True).to_dict()) == LocalPlan(dp=True)
@@ -266,7 +271,7 @@ def test_noisy_clipped_gradient_by_hand(hook):
         clip_norm=1.0,
         noise_multiplier=0.0,
         expected_units=4.0,
-        generator=torch.Generator().manual_seed(0),
+        noise=dp_streams(KEY).noise,
         norm_hook=(lambda pre, post: seen.append((pre, post))) if hook else None,
     )
     n1 = (9 + 16 + 2) ** 0.5  # unit 1 clipped to norm 1; unit 2's norm sqrt(0.01+2) > 1 too

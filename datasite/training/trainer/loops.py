@@ -51,9 +51,8 @@ def run_dp(bundle, params, anchor, opt, source, plan, progress, norm_hook):
         unit=plan.unit,
     )
     dev = next(iter(params.values())).device
-    seed = plan.dp_seed if plan.dp_seed is not None else secrets.randbits(62)
-    sample_gen = torch.Generator().manual_seed(seed)
-    noise_gen = torch.Generator(device=dev).manual_seed(seed ^ 0x5EED)
+    # every draw the DP guarantee rests on comes from a CSPRNG keyed by ≥ 128 secret bits
+    streams = dpmod.dp_streams(plan.dp_seed if plan.dp_seed is not None else secrets.token_bytes(32))
     vmap_loss = None
     # measured on CPU: the loop is faster while the ResNet trains, vmap once it is frozen
     prefer_vmap = dev.type == "cuda" or bool(bundle.config.get("freeze_backbone"))
@@ -64,11 +63,11 @@ def run_dp(bundle, params, anchor, opt, source, plan, progress, norm_hook):
 
     expected = q * len(units)
     sampled, empty = 0, 0
-    steps = dpmod.unit_sampler(len(units), q, plan.local_steps, sample_gen)
+    steps = dpmod.unit_sampler(len(units), q, plan.local_steps, streams.units)
     bar = tqdm(steps, total=plan.local_steps, desc=f"{bundle.recipe} DP", disable=not progress)
     for picked in bar:
         if plan.unit == dpmod.EPISODE:
-            rows = [dpmod.sample_frames(source.rows_of(units[i]), k, sample_gen) for i in picked]
+            rows = [dpmod.sample_frames(source.rows_of(units[i]), k, streams.frames) for i in picked]
         else:
             rows = [[units[i]] for i in picked]
         batches = [source.batch(r) for r in rows]  # each unit preprocessed on its own
@@ -80,7 +79,7 @@ def run_dp(bundle, params, anchor, opt, source, plan, progress, norm_hook):
             clip_norm=plan.clip_norm,
             noise_multiplier=plan.noise_multiplier,
             expected_units=expected,
-            generator=noise_gen,
+            noise=streams.noise,
             vmap_loss=vmap_loss,
             norm_hook=norm_hook,
         )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from datasite.training import dp as dpmod
+from privacy.csprng import MIN_KEY_BYTES
 
 __all__ = ["LocalPlan", "is_int", "is_num"]
 
@@ -30,8 +31,11 @@ class LocalPlan:
     - ``dp_mode``: per-unit gradients by "loop" (one backward per unit), "vmap"
       (``torch.func``; recipes that support it) or "auto" (vmap on CUDA or with a frozen
       backbone, else loop: the faster choice measured on CPU).
-    - ``dp_seed``: seeds Poisson sampling and noise. ``None`` (production) draws it from OS
-      entropy: whoever knows it could subtract the noise. Fix it only for tests and audits.
+    - ``dp_seed``: the secret key (bytes, at least 16; 32 recommended) of the CSPRNG behind
+      Poisson sampling, frame choice and noise (:mod:`datasite.training.dp`). ``None``
+      (production) draws 32 bytes from OS entropy; a site derives it with a full-length keyed
+      hash so that a retried round repeats its noise. Whoever knows it could subtract the
+      noise: fix it only for tests and audits.
     - ``eval_frames``: size of the fixed evaluation batch.
     """
 
@@ -49,7 +53,7 @@ class LocalPlan:
     unit: str = dpmod.EPISODE
     frames_per_episode: int = 4
     dp_mode: str = "auto"
-    dp_seed: int | None = None
+    dp_seed: bytes | None = field(default=None, repr=False)  # a secret: never in logs
     eval_frames: int = 16
 
     def __post_init__(self) -> None:
@@ -77,7 +81,10 @@ class LocalPlan:
         need(self.unit in (dpmod.EPISODE, dpmod.FRAME), "unit must be 'episode' or 'frame'")
         need(self.frames_per_episode >= 1, "frames_per_episode must be >= 1")
         need(self.dp_mode in _DP_MODES, f"dp_mode must be one of {_DP_MODES}")
-        need(self.dp_seed is None or is_int(self.dp_seed), "dp_seed must be an integer or null")
+        need(
+            self.dp_seed is None or (isinstance(self.dp_seed, bytes) and len(self.dp_seed) >= MIN_KEY_BYTES),
+            f"dp_seed must be null or a secret key of at least {MIN_KEY_BYTES} bytes",
+        )
         need(self.eval_frames >= 1, "eval_frames must be >= 1")
 
     @classmethod
