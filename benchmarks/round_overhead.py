@@ -181,7 +181,7 @@ def secagg_participate(orchestrator: str, cfg: dict, arrays: dict, name: str, to
                        number: int, timings) -> None:
     """One simulated site's part in a secagg round: the four phases over the real secure API.
 
-    What a datasite's ``datasite.secure_rounds._participate`` does after training, with the same
+    What a datasite's ``datasite.modes.secagg._participate`` does after training, with the same
     library calls (encode + quantize, advertise, share, mask, unmask) and HTTP messages; polls
     every ``cfg["poll_s"]``. Writes the CPU seconds this site's thread spent in those library
     calls (outside HTTP; thread CPU time, so waiting for the GIL does not count) to ``timings``.
@@ -327,8 +327,8 @@ def model_weights(model: str) -> dict[str, Any]:
         rng = np.random.default_rng(1)
         shape = (SYNTHETIC[model] // 10_000, 1000)
         return {f"layer{i}.weight": rng.standard_normal(shape, dtype=np.float32) * 0.05 for i in range(10)}
+    from datasite.datagen import so100_features
     from datasite.training.recipes import build_policy
-    from datasite.training.so100 import so100_features
     from datasite.training.weights import trainable_state
 
     bundle = build_policy(RECIPE, MODELS[model], so100_features((96, 128)), synthetic_stats(), device="cpu")

@@ -67,18 +67,11 @@ class StudyIn(Schema):
     datasets: dict[str, str] = Field(description="site name → dataset name at that site")
 
 
-def _call(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except services.ServiceError as exc:
-        raise HttpError(exc.status, str(exc)) from exc
-
-
 @studies.post("", response={201: dict})
 def propose(request: HttpRequest, body: StudyIn):
     """Propose a study: each site's data owner receives a code request to review."""
     require_role(request, RESEARCHER)
-    study = _call(services.propose, request.user, body.title, body.code, body.plan, body.datasets)
+    study = services.propose(request.user, body.title, body.code, body.plan, body.datasets)
     return Status(201, services.status(study))
 
 
@@ -94,27 +87,27 @@ def list_studies(request: HttpRequest):
 @studies.get("/{study_id}", response=dict)
 def study_status(request: HttpRequest, study_id: str):
     require_role(request, RESEARCHER, NODE_ADMIN)
-    return services.status(_call(services.get_study, study_id, request.user))
+    return services.status(services.get_study(study_id, request.user))
 
 
 @studies.get("/{study_id}/metrics", response=list[dict])
 def study_metrics(request: HttpRequest, study_id: str):
     require_role(request, RESEARCHER, NODE_ADMIN)
-    return services.metrics(_call(services.get_study, study_id, request.user))
+    return services.metrics(services.get_study(study_id, request.user))
 
 
 @studies.get("/{study_id}/model")
 def study_model(request: HttpRequest, study_id: str):
     """The latest global weights as safetensors."""
     require_role(request, RESEARCHER, NODE_ADMIN)
-    path = _call(services.model_path, _call(services.get_study, study_id, request.user))
+    path = services.model_path(services.get_study(study_id, request.user))
     return FileResponse(path.open("rb"), as_attachment=True, filename=f"{study_id}.safetensors")
 
 
 @studies.post("/{study_id}/cancel", response=dict)
 def cancel(request: HttpRequest, study_id: str):
     require_role(request, RESEARCHER, NODE_ADMIN)
-    return services.status(_call(services.cancel, _call(services.get_study, study_id, request.user)))
+    return services.status(services.cancel(services.get_study(study_id, request.user)))
 
 
 @studies.post("/{study_id}/rounds/{round_number}/updates", response={201: dict})
@@ -135,7 +128,7 @@ def upload(request: HttpRequest, study_id: str, round_number: int, meta: Form[st
         raise HttpError(400, f"malformed metadata: {exc.errors()[0]['msg']}") from exc
     update = request.FILES.get("update")
     data = update.read() if update is not None else None
-    saved = _call(services.receive_upload, site, study_id, round_number, parsed, data)
+    saved = services.receive_upload(site, study_id, round_number, parsed, data)
     return Status(201, {"received": saved.received_at.isoformat()})
 
 

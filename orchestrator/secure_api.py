@@ -1,10 +1,13 @@
 """Secure-aggregation messages from datasites (``/api/secure/...``): one endpoint per phase.
 
-``secagg`` sessions: setup, advert(s), shares, masked, unmask (:mod:`orchestrator.secure_rounds`);
-``he`` sessions: he/setup, he/chunks/{i}, he/commit, he/aggregate/{i} (:mod:`orchestrator.he_rounds`).
+``secagg`` sessions: setup, advert(s), shares, masked, unmask
+(:mod:`orchestrator.secure.secagg_messages`); ``he`` sessions: he/setup, he/chunks/{i},
+he/commit, he/aggregate/{i} (:mod:`orchestrator.secure.he_messages`).
 
 Round 0 is the study's normalization-statistics session. Every endpoint needs a member
-datasite's token; see :mod:`orchestrator.secure_rounds` for the protocol and the checks.
+datasite's token; see :mod:`orchestrator.modes.secagg` and :mod:`orchestrator.modes.he` for
+the protocols, :mod:`orchestrator.secure.messages` for the checks. A refusal is a
+``ServiceError``, answered by the API's handler with its status.
 Status codes: 400 malformed, 403 another site's message or a bad signature, 404 unknown
 study, 409 wrong round/session, out of phase, duplicate or not a participant, 413 oversize.
 GET endpoints answer 200 with a null field while the phase they wait for is not reached.
@@ -18,9 +21,7 @@ from ninja.errors import HttpError
 
 from common.api import require_role
 from common.roles import PEER_NODE
-from orchestrator import he_rounds, secure_rounds
-from orchestrator.secure_models import SecureSession
-from orchestrator.services import ServiceError
+from orchestrator.secure import he_files, he_messages, secagg_messages
 
 router = Router(tags=["secure aggregation"])
 BASE = "/studies/{study_id}/rounds/{round_number}"
@@ -44,69 +45,62 @@ def _json(request: HttpRequest):
         raise HttpError(400, "the body must be JSON") from exc
 
 
-def _call(fn, *args):
-    try:
-        return fn(*args)
-    except ServiceError as exc:
-        raise HttpError(exc.status, str(exc)) from exc
-
-
 @router.get(BASE + "/setup", response=dict)
 def setup(request: HttpRequest, study_id: str, round_number: int):
     """Session id, parameters, layout, the members' signing keys and the caller's progress
     (``{"setup": null}`` while the session is not open yet)."""
-    return _call(secure_rounds.setup, _site(request), study_id, round_number)
+    return secagg_messages.setup(_site(request), study_id, round_number)
 
 
 @router.post(BASE + "/advert", response={201: dict})
 def advert(request: HttpRequest, study_id: str, round_number: int):
     """Phase 1: a signed KeyAdvert (JSON)."""
     site = _site(request)
-    _call(secure_rounds.receive_advert, site, study_id, round_number, _json(request))
+    secagg_messages.receive_advert(site, study_id, round_number, _json(request))
     return Status(201, {"received": "advert"})
 
 
 @router.get(BASE + "/adverts", response=dict)
 def adverts(request: HttpRequest, study_id: str, round_number: int):
     """Every advert once phase 1 is closed (``adverts`` is null before)."""
-    return _call(secure_rounds.adverts, _site(request), study_id, round_number)
+    return secagg_messages.adverts(_site(request), study_id, round_number)
 
 
 @router.post(BASE + "/shares", response={201: dict})
 def shares(request: HttpRequest, study_id: str, round_number: int):
     """Phase 2: ``{"shares": [EncryptedShare, ...]}``, one per other advertised site."""
     site = _site(request)
-    _call(secure_rounds.receive_shares, site, study_id, round_number, _json(request))
+    secagg_messages.receive_shares(site, study_id, round_number, _json(request))
     return Status(201, {"received": "shares"})
 
 
 @router.get(BASE + "/shares", response=dict)
 def routed_shares(request: HttpRequest, study_id: str, round_number: int):
     """The shares addressed to the caller once phase 2 is closed."""
-    return _call(secure_rounds.shares_for, _site(request), study_id, round_number)
+    return secagg_messages.shares_for(_site(request), study_id, round_number)
 
 
 @router.post(BASE + "/masked", response={201: dict})
 def masked(request: HttpRequest, study_id: str, round_number: int):
     """Phase 3: the MaskedInput blob (``MaskedInput.to_bytes``: JSON header + raw uint32 LE)."""
     site = _site(request)
-    if int(request.META.get("CONTENT_LENGTH") or 0) > secure_rounds.masked_limit(study_id, round_number):
+    if int(request.META.get("CONTENT_LENGTH") or 0) > secagg_messages.masked_limit(study_id, round_number):
         raise HttpError(413, "the masked input is larger than the session's vector")
-    _call(secure_rounds.receive_masked, site, study_id, round_number, request.body)
+    secagg_messages.receive_masked(site, study_id, round_number, request.body)
     return Status(201, {"received": "masked"})
 
 
 @router.get(BASE + "/unmask", response=dict)
 def unmask_request(request: HttpRequest, study_id: str, round_number: int):
     """The UnmaskRequest (survivors and dropped sites) once phase 3 is closed."""
-    return _call(secure_rounds.unmask_request, _site(request), study_id, round_number)
+    return secagg_messages.unmask_request(_site(request), study_id, round_number)
 
 
 @router.post(BASE + "/unmask", response={201: dict})
 def unmask(request: HttpRequest, study_id: str, round_number: int):
     """Phase 4: ``{"response": UnmaskResponse, "metrics": {...public round metrics}}``."""
     site = _site(request)
-    _call(secure_rounds.receive_unmask, site, study_id, round_number, _json(request))
+    secagg_messages.receive_unmask(site, study_id, round_number, _json(request))
     return Status(201, {"received": "unmask"})
 
 
@@ -119,17 +113,16 @@ routers = [("/secure", router)]
 @router.get(BASE + "/he/setup", response=dict)
 def he_setup(request: HttpRequest, study_id: str, round_number: int):
     """Key id, layout, chunking and the caller's progress (``{"setup": null}`` until the round opens)."""
-    return _call(he_rounds.setup, _site(request), study_id, round_number)
+    return he_messages.setup(_site(request), study_id, round_number)
 
 
 @router.post(BASE + "/he/chunks/{index}", response={201: dict})
 def he_chunk(request: HttpRequest, study_id: str, round_number: int, index: int):
     """One encrypted chunk (a ``privacy.he`` contribution frame, application/octet-stream)."""
     site = _site(request)
-    session = SecureSession.objects.filter(study_id=study_id, number=round_number, mode="he").first()
-    if int(request.META.get("CONTENT_LENGTH") or 0) > he_rounds.chunk_limit(session):
+    if int(request.META.get("CONTENT_LENGTH") or 0) > he_files.chunk_limit(study_id, round_number):
         raise HttpError(413, "the chunk is larger than the session's chunk size allows")
-    _call(he_rounds.receive_chunk, site, study_id, round_number, index, request.body)
+    he_messages.receive_chunk(site, study_id, round_number, index, request.body)
     return Status(201, {"received": index})
 
 
@@ -137,12 +130,12 @@ def he_chunk(request: HttpRequest, study_id: str, round_number: int, index: int)
 def he_commit(request: HttpRequest, study_id: str, round_number: int):
     """``{"metrics": {...}}`` once every chunk is uploaded: the caller's update joins the sum."""
     site = _site(request)
-    _call(he_rounds.commit, site, study_id, round_number, _json(request))
+    he_messages.commit(site, study_id, round_number, _json(request))
     return Status(201, {"received": "commit"})
 
 
 @router.get(BASE + "/he/aggregate/{index}")
 def he_aggregate(request: HttpRequest, study_id: str, round_number: int, index: int):
     """One frame of the round's aggregate ciphertext, for the site asked to decrypt it only."""
-    blob = _call(he_rounds.aggregate_chunk, _site(request), study_id, round_number, index)
+    blob = he_messages.aggregate_chunk(_site(request), study_id, round_number, index)
     return HttpResponse(blob, content_type="application/octet-stream")

@@ -5,7 +5,7 @@ A session is one secure sum (``secagg`` or ``he`` mode): a training round's upda
 messages (key adverts, encrypted shares, masked-input headers, unmask responses, he commits)
 are rows of :class:`SecureMessage`; the running sum of masked inputs (secagg) and the
 encrypted chunks (he) are files next to the study's checkpoints (see
-:mod:`orchestrator.secure_rounds` and :mod:`orchestrator.he_rounds`). Nothing here is a
+:mod:`orchestrator.secure.sessions` and :mod:`orchestrator.secure.he_files`). Nothing here is a
 site's plaintext. :class:`StudyKey` records the he key ceremony.
 """
 

@@ -1,12 +1,12 @@
 """Orchestrator services: proposing studies, receiving round uploads, reading results.
 
 The round engine (:mod:`orchestrator.engine`) drives studies forward; these functions are
-what the API calls. Every refusal is an :class:`ServiceError` carrying its HTTP status.
+what the API calls. Every refusal is a :class:`common.errors.ServiceError` carrying its HTTP
+status; the API answers it as ``{"detail": ...}`` with that status.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from django.conf import settings
@@ -16,10 +16,10 @@ from django.utils import timezone
 from audit import trail
 from common.errors import Conflict, NotFound, ServiceError, TooLarge
 from common.protocol import CodeBundle, Plan, RoundUpload, bundle_sha256, plan_sha256
-from orchestrator import checkpoints
+from common.roles import NODE_ADMIN, has_role
+from orchestrator import checkpoints, modes
 from orchestrator.models import Datasite, Round, SiteUpdate, Study, StudySite
 from orchestrator.tensors import TensorError, check, expected_bytes, from_bytes
-from privacy.robust import check_strategy, min_updates
 from privacy.strategies import ServerHParams
 
 
@@ -33,11 +33,7 @@ def propose(researcher, title: str, code: CodeBundle, plan: Plan, datasets: dict
         raise ServiceError(f"not joined datasites: {', '.join(unknown)}")
     if plan.min_sites > len(datasets):
         raise ServiceError(f"min_sites={plan.min_sites} but only {len(datasets)} sites are named")
-    _check_robust(plan, len(datasets))
-    if plan.aggregation != "plain":  # --- secure aggregation: checks in orchestrator.secure_rounds ---
-        from orchestrator.secure_rounds import check_proposal
-
-        check_proposal(plan, len(datasets))
+    modes.get(plan.aggregation).check_proposal(plan, len(datasets))
     try:
         ServerHParams.from_dict(plan.server)
     except (TypeError, ValueError) as exc:
@@ -67,27 +63,6 @@ def propose(researcher, title: str, code: CodeBundle, plan: Plan, datasets: dict
     return study
 
 
-def _check_robust(plan: Plan, n_sites: int) -> None:
-    """Refuse robust aggregation that cannot run: outside plain mode, with FedNova, or with
-    fewer sites per round than the rule needs to tolerate ``f`` Byzantine ones."""
-    robust = plan.robust
-    if robust.method == "none":
-        return
-    if plan.aggregation != "plain":
-        raise ServiceError("robust aggregation needs every update in the clear; only plain mode allows it")
-    try:
-        check_strategy(plan.strategy, robust.method)
-    except ValueError as exc:
-        raise ServiceError(str(exc)) from exc
-    per_round = min(n_sites, max(plan.min_sites, math.ceil(plan.fraction * n_sites)))
-    need = min_updates(robust.method, robust.f, robust.multikrum_m)
-    if per_round < need:
-        raise ServiceError(
-            f"robust aggregation {robust.method} with f={robust.f} needs at least {need} sites per round, "
-            f"this plan has {per_round}"
-        )
-
-
 def get_study(study_id: str, user=None) -> Study:
     study = Study.objects.filter(pk=study_id).first()
     if study is None or (user is not None and not _may_read(user, study)):
@@ -96,8 +71,6 @@ def get_study(study_id: str, user=None) -> Study:
 
 
 def _may_read(user, study: Study) -> bool:
-    from common.roles import NODE_ADMIN, has_role
-
     return study.researcher_id == user.pk or has_role(user, NODE_ADMIN)
 
 
@@ -138,7 +111,7 @@ def receive_upload(
         raise Conflict(f"{site.name} is not a participant of round {round_number} (late or dropped)")
     if SiteUpdate.objects.filter(round=rnd, datasite=site).exists():
         raise Conflict(f"{site.name} already reported round {round_number}")
-    if update is not None and study.plan.get("aggregation", "plain") != "plain":  # --- secure aggregation ---
+    if update is not None and modes.of(study).secure:
         raise ServiceError("this study aggregates securely: plaintext updates are refused")
     path = ""
     if not meta.error and not rnd.eval_only:

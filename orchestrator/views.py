@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from audit import trail
+from common.errors import NotFound, ServiceError
 from common.protocol import RobustPlan
 from common.roles import NODE_ADMIN, RESEARCHER, has_role, role_required
 from orchestrator import plots, services
@@ -63,7 +64,7 @@ def _get_study(request: HttpRequest, study_id: str) -> Study:
     """The study if this user may read it; 404 otherwise (never reveal others' studies)."""
     try:
         return services.get_study(study_id, request.user)
-    except services.NotFound as exc:
+    except NotFound as exc:
         raise Http404(str(exc)) from exc
 
 
@@ -97,7 +98,7 @@ def _round_rows(rounds: list[dict[str, Any]], sites: list[str], keys: list[str])
 def _model_available(study: Study) -> bool:
     try:
         return services.model_path(study).is_file()
-    except services.ServiceError:
+    except ServiceError:
         return False
 
 
@@ -183,7 +184,7 @@ def study_model(request: HttpRequest, study_id: str) -> FileResponse:
     study = _get_study(request, study_id)
     try:
         path = services.model_path(study)
-    except services.NotFound as exc:
+    except NotFound as exc:
         raise Http404(str(exc)) from exc
     trail.record(
         "model.downloaded",

@@ -10,8 +10,9 @@ from django.test import override_settings
 from django.utils import timezone
 from safetensors.numpy import save
 
+from common.errors import ServiceError
 from common.protocol import Plan
-from orchestrator import checkpoints, he_rounds, secure_rounds
+from orchestrator import checkpoints, engine, modes
 from orchestrator.federation import invite_datasite
 from orchestrator.models import Datasite, Round, SecureSession, Study, StudyKey
 from orchestrator.tensors import manifest_of
@@ -34,9 +35,9 @@ def secret() -> he.SecretContext:
 
 
 @pytest.fixture
-def fed(settings, tmp_path, django_user_model, monkeypatch, secret):
+def fed(settings, tmp_path, django_user_model, secret):
     settings.DATA_DIR = tmp_path
-    monkeypatch.setattr(he_rounds, "CHUNK_VALUES", he.SLOTS)  # 6441 values: two chunks
+    settings.FEDSILO_HE_CHUNK_VALUES = he.SLOTS  # 6441 values: two chunks
     tokens = {}
     for name in SITES:
         site, raw = invite_datasite(name)
@@ -71,8 +72,7 @@ def fed(settings, tmp_path, django_user_model, monkeypatch, secret):
 
 
 def tick(study):
-    study = Study.objects.get(pk=study.pk)
-    secure_rounds.drive(study, Round.objects.get(study=study, number=study.current_round))
+    engine.advance(Study.objects.get(pk=study.pk))
 
 
 def call(client, method, study, token, what, body=None, raw=None):
@@ -153,7 +153,7 @@ def test_he_round_sums_encrypted_chunks_and_serves_the_aggregate_to_the_asked_si
     np.testing.assert_allclose(summed, encoded("site-a") + encoded("site-b"), atol=1e-7)
 
     class AnsweringSite:  # the next key holder asked answers the decrypted sum
-        def __init__(self, site, timeout):
+        def __init__(self, site):
             self.site = site
 
         def __enter__(self):
@@ -162,14 +162,11 @@ def test_he_round_sums_encrypted_chunks_and_serves_the_aggregate_to_the_asked_si
         def __exit__(self, *exc):
             return None
 
-        def _call(self, method, path, **kwargs):
-            assert path.endswith("/rounds/1/he/decrypt") and kwargs["json"]["contributors"] == [
-                "site-a",
-                "site-b",
-            ]
-            return type("Response", (), {"content": save({"sum": summed})})()
+        def he_decrypt(self, study_id, round_number, body):
+            assert round_number == 1 and body["contributors"] == ["site-a", "site-b"]
+            return save({"sum": summed})
 
-    monkeypatch.setattr(he_rounds, "SiteClient", AnsweringSite)
+    monkeypatch.setattr("orchestrator.modes.he.SiteClient", AnsweringSite)
     tick(study)
     rnd = Round.objects.get(study=study, number=1)
     assert rnd.status == "done" and rnd.metrics["secure"]["decrypted_by"] == "site-b"
@@ -184,15 +181,13 @@ def test_he_round_sums_encrypted_chunks_and_serves_the_aggregate_to_the_asked_si
 
 
 def test_he_proposals_are_checked(django_user_model):
-    from orchestrator.services import ServiceError
-
     with pytest.raises(ServiceError, match="safe value bound"):
-        secure_rounds.check_proposal(Plan(rounds=1, aggregation="he", secure={"clip": 10_000}), 3)
+        modes.get("he").check_proposal(Plan(rounds=1, aggregation="he", secure={"clip": 10_000}), 3)
     with pytest.raises(ServiceError, match="at most 32 sites"):
-        secure_rounds.check_proposal(Plan(rounds=1, aggregation="he"), 33)
+        modes.get("he").check_proposal(Plan(rounds=1, aggregation="he"), 33)
     with pytest.raises(ServiceError, match="at least 2 sites"):
-        secure_rounds.check_proposal(Plan(rounds=1, aggregation="he"), 1)
-    secure_rounds.check_proposal(Plan(rounds=1, aggregation="he", min_sites=2), 3)
+        modes.get("he").check_proposal(Plan(rounds=1, aggregation="he"), 1)
+    modes.get("he").check_proposal(Plan(rounds=1, aggregation="he", min_sites=2), 3)
 
 
 def test_a_secagg_round_has_no_he_endpoints(client, fed):

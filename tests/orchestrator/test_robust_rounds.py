@@ -77,7 +77,7 @@ def play_round(client, study, tokens, poison=True):
         upload(client, study, tokens[site], site, value)
     if poison:
         upload(client, study, tokens["site-c"], "site-c", POISON)
-    engine._drive_round(Study.objects.get(pk=study.pk))
+    engine.advance(Study.objects.get(pk=study.pk))
     return Study.objects.get(pk=study.pk), Round.objects.get(study=study, number=1)
 
 
@@ -121,7 +121,7 @@ def test_too_few_updates_for_the_robust_rule_fail_the_round(client, sites):
     for site, value in HONEST.items():
         upload(client, study, tokens[site], site, value)
     Round.objects.filter(study=study).update(deadline=timezone.now() - timedelta(seconds=1))
-    engine._drive_round(Study.objects.get(pk=study.pk))
+    engine.advance(Study.objects.get(pk=study.pk))
     study = Study.objects.get(pk=study.pk)
     assert study.status == "failed"
     assert "2 site(s) answered, 3 needed by robust median with f=1" in study.error

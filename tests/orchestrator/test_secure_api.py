@@ -15,7 +15,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from common.protocol import Plan
-from orchestrator import checkpoints, secure_rounds
+from orchestrator import checkpoints, engine
 from orchestrator.federation import invite_datasite
 from orchestrator.models import Datasite, Round, SecureSession, SiteUpdate, Study
 from orchestrator.tensors import manifest_of, to_bytes
@@ -70,8 +70,7 @@ def fed(settings, tmp_path, django_user_model):
 
 
 def tick(study):
-    study = Study.objects.get(pk=study.pk)
-    secure_rounds.drive(study, Round.objects.get(study=study, number=study.current_round))
+    engine.advance(Study.objects.get(pk=study.pk))
 
 
 def expire(study):

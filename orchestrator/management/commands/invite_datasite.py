@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from orchestrator.federation import FederationError, invite_datasite
@@ -16,8 +17,6 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="print the token only")
 
     def handle(self, *args, name, days, quiet, **options):
-        from django.conf import settings
-
         if settings.ROLE != "orchestrator":
             raise CommandError("invite_datasite runs at an orchestrator node (FEDSILO_NODE_DIR)")
         try:
