@@ -7,7 +7,7 @@ drive and close each round. The engine never asks which mode it runs. Nothing li
 memory, so an orchestrator killed at any point resumes from its last checkpoint when it
 starts again: a round in progress is re-sent to the sites that have not answered, and the
 sites answer idempotently with what they already computed. State changes go through
-:mod:`orchestrator.ledger`.
+:mod:`orchestrator.studies`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from django.db import close_old_connections
 from django.utils import timezone
 
-from orchestrator import ledger, modes
+from orchestrator import modes, studies
 from orchestrator.models import Round, Study, StudySite
 from orchestrator.sites import SiteClient, SiteUnreachable
 
@@ -71,11 +71,11 @@ def _send_requests(study: Study) -> None:
         site.status, site.reason = StudySite.Status.PENDING, ""
         site.save()
     if not study.sites.filter(request_sent_at__isnull=True).exists():
-        ledger.update(study, status=Study.Status.AWAITING_APPROVAL, phase="approval")
+        studies.update(study, status=Study.Status.AWAITING_APPROVAL, phase="approval")
 
 
 def _collect_decisions(study: Study) -> None:
-    plan = ledger.plan_of(study)
+    plan = studies.plan_of(study)
     for site in study.sites.select_related("datasite").filter(status=StudySite.Status.PENDING):
         with SiteClient(site.datasite) as client:
             try:
@@ -96,14 +96,14 @@ def _collect_decisions(study: Study) -> None:
     approved = [s for s in sites if s.status == StudySite.Status.APPROVED]
     if any(s.status == StudySite.Status.PENDING for s in sites):
         if len(approved) + sum(s.status == StudySite.Status.PENDING for s in sites) < plan.min_sites:
-            ledger.fail(
+            studies.fail(
                 study, f"only {len(approved)} site(s) can still approve; the plan needs {plan.min_sites}"
             )
         return
     if len(approved) < plan.min_sites:
-        ledger.fail(study, f"{len(approved)} site(s) approved; the plan needs at least {plan.min_sites}")
+        studies.fail(study, f"{len(approved)} site(s) approved; the plan needs at least {plan.min_sites}")
         return
-    ledger.update(study, status=Study.Status.PREPARING, phase="statistics")
+    studies.update(study, status=Study.Status.PREPARING, phase="statistics")
 
 
 # ----------------------------------------------------------------------------- preparation, rounds
@@ -116,7 +116,7 @@ def _prepare(study: Study) -> None:
 def _drive_round(study: Study) -> None:
     rnd = Round.objects.filter(study=study, number=study.current_round).first()
     if rnd is None:
-        ledger.open_round(study, study.current_round)
+        studies.open_round(study, study.current_round)
         return
     mode = modes.for_round(study, rnd)
     total = mode.drive(study, rnd)

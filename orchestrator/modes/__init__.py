@@ -20,7 +20,7 @@ Adding a round mode
 1. Write one module here, ``orchestrator/modes/<name>.py``, with a subclass of
    :class:`~orchestrator.modes.base.RoundMode`: its ``name`` (the plan's ``aggregation``
    value), ``secure`` (True if plaintext updates must be refused), and the four methods.
-   Change the study only through :mod:`orchestrator.ledger` (``update``, ``fail``,
+   Change the study only through :mod:`orchestrator.studies` (``update``, ``fail``,
    ``initialise``, ``send_round``, ``finish_round``, ...); keep all state in the database or
    in files, since the engine may restart between any two calls. A mode that extends
    another (as ``he`` extends ``secagg``) subclasses it and overrides what differs.

@@ -13,7 +13,7 @@ class RoundMode[Sum](ABC):
     """One aggregation mode, called by the round engine one step at a time.
 
     Every method works from persisted state only (the engine may be restarted between any
-    two calls) and changes a study through :mod:`orchestrator.ledger`.
+    two calls) and changes a study through :mod:`orchestrator.studies`.
     """
 
     name: ClassVar[str]
@@ -27,7 +27,7 @@ class RoundMode[Sum](ABC):
     @abstractmethod
     def prepare(self, study: Study) -> None:
         """One step of preparing a study whose sites approved: pooled normalization statistics,
-        keys, initial weights; once done, the study runs round 1 (``ledger.initialise``)."""
+        keys, initial weights; once done, the study runs round 1 (``studies.initialise``)."""
 
     @abstractmethod
     def drive(self, study: Study, rnd: Round) -> Sum | None:
@@ -35,5 +35,5 @@ class RoundMode[Sum](ABC):
 
     @abstractmethod
     def close(self, study: Study, rnd: Round, total: Sum) -> None:
-        """Apply the sum to the global model and finish the round (``ledger.finish_round``), or
+        """Apply the sum to the global model and finish the round (``studies.finish_round``), or
         fail the study when the sum cannot be used."""

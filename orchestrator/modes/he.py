@@ -49,7 +49,7 @@ from audit import trail
 from common.errors import ServiceError
 from common.files import atomic_write
 from common.protocol import Plan
-from orchestrator import ledger
+from orchestrator import studies
 from orchestrator.models import Datasite, Round, Study, StudySite
 from orchestrator.modes.secagg import SecAggMode, SecureSum
 from orchestrator.secure import he_files, sessions
@@ -85,7 +85,7 @@ class HEMode(SecAggMode):
 
     def prepare_keys(self, study: Study) -> bool:
         """One step of the study's key ceremony; True once every approved site holds the key."""
-        return _ceremony(study, ledger.approved_sites(study))
+        return _ceremony(study, studies.approved_sites(study))
 
     def drive(self, study: Study, rnd: Round) -> SecureSum | None:
         session = SecureSession.objects.filter(study=study, number=rnd.number).first()
@@ -94,8 +94,8 @@ class HEMode(SecAggMode):
             if session is None:
                 return None
         if session.phase == Phase.UPLOAD:
-            if ledger.resend_due(rnd):
-                ledger.send_round(study, rnd)
+            if studies.resend_due(rnd):
+                studies.send_round(study, rnd)
             if not _close_uploads(study, session):
                 return None
         if session.phase == Phase.DECRYPT:
@@ -113,7 +113,7 @@ def _ceremony(study: Study, approved: list[StudySite]) -> bool:
         return True
     sites = sorted((s.datasite for s in approved), key=lambda d: d.name)
     if key is None:
-        ledger.update(study, phase="he:key ceremony")
+        studies.update(study, phase="he:key ceremony")
         key = _make_key(study, sites)
         if key is None:
             return False
@@ -126,7 +126,7 @@ def _ceremony(study: Study, approved: list[StudySite]) -> bool:
                 client.he_key(study.pk, body)
             except SiteUnreachable as exc:
                 if 400 <= exc.status < 500:
-                    ledger.fail(study, f"{site.name} refused the study's CKKS key: {exc}")
+                    studies.fail(study, f"{site.name} refused the study's CKKS key: {exc}")
                 else:
                     log.info("CKKS key not delivered to %s yet: %s", site.name, exc)
                 return False
@@ -158,7 +158,7 @@ def _make_key(study: Study, sites: list[Datasite]) -> StudyKey | None:
             answer = client.he_ceremony(study.pk, statements)
         except SiteUnreachable as exc:
             if 400 <= exc.status < 500:
-                ledger.fail(study, f"the key ceremony failed at {holder.name}: {exc}")
+                studies.fail(study, f"the key ceremony failed at {holder.name}: {exc}")
             else:
                 log.info("key ceremony at %s not done yet: %s", holder.name, exc)
             return None
@@ -167,7 +167,7 @@ def _make_key(study: Study, sites: list[Datasite]) -> StudyKey | None:
         public = base64.b64decode(answer["public_context"], validate=True)
         envelopes = dict(answer["envelopes"])
     except (KeyError, TypeError, ValueError) as exc:
-        ledger.fail(study, f"malformed key ceremony answer from {holder.name}: {exc}")
+        studies.fail(study, f"malformed key ceremony answer from {holder.name}: {exc}")
         return None
     if (
         answer.get("key_holder") != holder.name
@@ -175,7 +175,7 @@ def _make_key(study: Study, sites: list[Datasite]) -> StudyKey | None:
         or public != he.public_context_bytes()
         or set(envelopes) != set(statements)
     ):
-        ledger.fail(study, f"the key ceremony answer of {holder.name} does not match the study")
+        studies.fail(study, f"the key ceremony answer of {holder.name} does not match the study")
         return None
     with transaction.atomic():
         key = StudyKey.objects.create(
@@ -196,7 +196,7 @@ def _make_key(study: Study, sites: list[Datasite]) -> StudyKey | None:
 def _open(study: Study, rnd: Round) -> SecureSession | None:
     key = StudyKey.objects.filter(study=study, done=True).first()
     if key is None:
-        ledger.fail(study, "the study has no CKKS key (the key ceremony did not finish)")
+        studies.fail(study, "the study has no CKKS key (the key ceremony did not finish)")
         return None
     enc = sessions.update_encoding(study)
     with transaction.atomic():
@@ -231,13 +231,13 @@ def _open(study: Study, rnd: Round) -> SecureSession | None:
                 f"study:{study.pk}",
                 {"round": rnd.number, "sites": list(rnd.participants), "key_id": key.key_id},
             )
-    ledger.update(study, phase="he:upload")
+    studies.update(study, phase="he:upload")
     return session
 
 
 def _close_uploads(study: Study, session: SecureSession) -> bool:
     """Fix the contributors, sum their chunks, drop the individual chunks; True when closed."""
-    plan = ledger.plan_of(study)
+    plan = studies.plan_of(study)
     order = {s: i for i, s in enumerate(session.params["sites"])}
     committed = set(messages(session, "commit"))
     expected = set(session.params["sites"]) - gone_sites(session)
@@ -273,7 +273,7 @@ def _close_uploads(study: Study, session: SecureSession) -> bool:
             path.unlink()
     dropped = sorted(set(session.params["sites"]) - committed, key=order.get)
     move(session, Phase.DECRYPT, survivors=survivors, dropped=dropped)
-    ledger.update(study, phase="he:decrypt")
+    studies.update(study, phase="he:decrypt")
     return True
 
 

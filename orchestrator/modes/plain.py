@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from common.errors import ServiceError
 from common.protocol import Plan
-from orchestrator import checkpoints, ledger
+from orchestrator import checkpoints, studies
 from orchestrator.models import Round, SiteUpdate, Study
 from orchestrator.modes.base import RoundMode
 from orchestrator.sites import SiteClient, SiteUnreachable
@@ -63,7 +63,7 @@ class PlainMode(RoundMode[Reported]):
 
     def prepare(self, study: Study) -> None:
         """Pool normalization statistics across sites, then fetch the data-free initial weights."""
-        sites = ledger.approved_sites(study)
+        sites = studies.approved_sites(study)
         per_site = []
         for site in sites:
             with SiteClient(site.datasite) as client:
@@ -76,20 +76,20 @@ class PlainMode(RoundMode[Reported]):
             [{k: {n: np.asarray(v) for n, v in by.items()} for k, by in s.items()} for s in per_site]
         )
         norm_stats = {k: {n: np.asarray(v).tolist() for n, v in by.items()} for k, by in pooled.items()}
-        ledger.update(study, norm_stats=norm_stats, phase="initialisation")
-        ledger.initialise(study, sites[0])
+        studies.update(study, norm_stats=norm_stats, phase="initialisation")
+        studies.initialise(study, sites[0])
 
     def drive(self, study: Study, rnd: Round) -> Reported | None:
         reported = {u.datasite.name: u for u in rnd.updates.select_related("datasite")}
         waiting = [p for p in rnd.participants if p not in reported and p not in rnd.dropped]
         if waiting and timezone.now() < rnd.deadline:
-            if ledger.resend_due(rnd):
-                ledger.send_round(study, rnd)
+            if studies.resend_due(rnd):
+                studies.send_round(study, rnd)
             return None
         return Reported(reported, waiting)
 
     def close(self, study: Study, rnd: Round, total: Reported) -> None:
-        plan = ledger.plan_of(study)
+        plan = studies.plan_of(study)
         robust = plan.robust
         reported, waiting = total.updates, total.waiting
         ok = {name: u for name, u in reported.items() if not u.error}
@@ -99,7 +99,7 @@ class PlainMode(RoundMode[Reported]):
             needed = max(needed, min_updates(robust.method, robust.f, robust.multikrum_m))
         if len(ok) < needed:
             errors = "; ".join(f"{n}: {u.error}" for n, u in reported.items() if u.error)
-            ledger.fail_round(
+            studies.fail_round(
                 study,
                 rnd,
                 f"round {rnd.number}: {len(ok)} site(s) answered, {needed} needed"
@@ -109,8 +109,8 @@ class PlainMode(RoundMode[Reported]):
                 dropped,
             )
             return
-        metrics = {**rnd.metrics, **ledger.round_metrics(ok)}
-        ledger.update(study, phase="aggregate")
+        metrics = {**rnd.metrics, **studies.round_metrics(ok)}
+        studies.update(study, phase="aggregate")
         if not rnd.eval_only:
             weights, state = checkpoints.load(study.pk, rnd.number - 1)
             names = sorted(ok)
@@ -132,4 +132,4 @@ class PlainMode(RoundMode[Reported]):
                 plan.strategy, weights, avg, state, ServerHParams.from_dict(plan.server)
             )
             checkpoints.save(study.pk, rnd.number, new_weights, new_state)
-        ledger.finish_round(study, rnd, sorted(ok), dropped, metrics)
+        studies.finish_round(study, rnd, sorted(ok), dropped, metrics)

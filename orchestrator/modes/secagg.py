@@ -47,7 +47,7 @@ from django.utils import timezone
 from audit import trail
 from common.errors import ServiceError
 from common.protocol import Plan
-from orchestrator import checkpoints, ledger
+from orchestrator import checkpoints, studies
 from orchestrator.models import Round, Study, StudySite
 from orchestrator.modes.base import RoundMode
 from orchestrator.secure import sessions
@@ -102,9 +102,9 @@ class SecAggMode(RoundMode[SecureSum]):
 
     def prepare(self, study: Study) -> None:
         """Pool statistics through a secure sum, then the mode's keys, then initial weights."""
-        sites = ledger.approved_sites(study)
+        sites = studies.approved_sites(study)
         if self.pool_statistics(study, sites) and self.prepare_keys(study):
-            ledger.initialise(study, sites[0])
+            studies.initialise(study, sites[0])
 
     def prepare_keys(self, study: Study) -> bool:
         """One step of the mode's key set-up; True once done (secagg: keys are per session)."""
@@ -122,7 +122,7 @@ class SecAggMode(RoundMode[SecureSum]):
             before = session.phase
             result = _advance(session)
             if session.phase != before:
-                ledger.update(study, phase=f"secagg:{session.phase}")
+                studies.update(study, phase=f"secagg:{session.phase}")
             if result is None or not _finish_stats(study, session, result):
                 return False
             study.refresh_from_db()
@@ -152,14 +152,14 @@ class SecAggMode(RoundMode[SecureSum]):
             )
             if session is None:
                 return None
-        if session.phase == Phase.ADVERTISE and ledger.resend_due(rnd):
-            ledger.send_round(study, rnd)  # sites that already advertised ignore the copy
+        if session.phase == Phase.ADVERTISE and studies.resend_due(rnd):
+            studies.send_round(study, rnd)  # sites that already advertised ignore the copy
         if session.phase in (Phase.DONE, Phase.FAILED):
             return None
         before = session.phase
         result = _advance(session)
         if session.phase != before:
-            ledger.update(study, phase=f"secagg:{session.phase}")
+            studies.update(study, phase=f"secagg:{session.phase}")
         if result is None:
             return None
         params = sessions.params(session)
@@ -178,7 +178,7 @@ class SecAggMode(RoundMode[SecureSum]):
 
     def close(self, study: Study, rnd: Round, total: SecureSum) -> None:
         """Apply the decoded sum to the global weights and finish the round."""
-        plan = ledger.plan_of(study)
+        plan = studies.plan_of(study)
         session = total.session
         survivors = list(session.survivors)
         if len(survivors) < plan.min_sites:
@@ -202,13 +202,13 @@ class SecAggMode(RoundMode[SecureSum]):
             for u in rnd.updates.select_related("datasite")
             if not u.error and u.datasite.name in survivors
         }
-        metrics = {**rnd.metrics, **ledger.round_metrics(ok)}
+        metrics = {**rnd.metrics, **studies.round_metrics(ok)}
         metrics.pop("num_examples", None)  # hidden in the secure sum
         metrics["secure"] = {"mode": session.mode, **total.secure}
         dropped = sorted(set(rnd.participants) - set(survivors))
         with transaction.atomic():
             sessions.finish(session)
-            ledger.finish_round(study, rnd, survivors, dropped, metrics, mode=session.mode)
+            studies.finish_round(study, rnd, survivors, dropped, metrics, mode=session.mode)
 
 
 # ----------------------------------------------------------------------------- closing phases
@@ -289,18 +289,18 @@ def _open_stats(study: Study, sites: list[StudySite]) -> None:
         layouts[site.datasite.name] = answer.get("layout")
     distinct = {json.dumps(v, sort_keys=True) for v in layouts.values()}
     if len(distinct) != 1:
-        ledger.fail(study, "the sites describe different statistics features; they cannot be pooled")
+        studies.fail(study, "the sites describe different statistics features; they cannot be pooled")
         return
     names = sorted(s.datasite.name for s in sites)
     if len(names) > MAX_LIMB_SITES:
-        ledger.fail(study, f"secure statistics support at most {MAX_LIMB_SITES} sites")
+        studies.fail(study, f"secure statistics support at most {MAX_LIMB_SITES} sites")
         return
     try:
         layout = layout_from(next(iter(layouts.values())))
     except (TypeError, KeyError, ValueError) as exc:
-        ledger.fail(study, f"malformed statistics layout: {exc}")
+        studies.fail(study, f"malformed statistics layout: {exc}")
         return
-    deadline = timezone.now() + timedelta(seconds=ledger.plan_of(study).round_timeout_s)
+    deadline = timezone.now() + timedelta(seconds=studies.plan_of(study).round_timeout_s)
     sessions.open_session(
         study,
         0,
@@ -311,7 +311,7 @@ def _open_stats(study: Study, sites: list[StudySite]) -> None:
         1.0,
         deadline,
     )
-    ledger.update(study, phase="secagg:advertise")
+    studies.update(study, phase="secagg:advertise")
 
 
 def _finish_stats(study: Study, session: SecureSession, q_sum: np.ndarray) -> bool:
@@ -336,5 +336,5 @@ def _finish_stats(study: Study, session: SecureSession, q_sum: np.ndarray) -> bo
                 "dropped_after_sharing": list(session.dropped),
             },
         )
-    ledger.update(study, norm_stats=norm_stats, phase="initialisation")
+    studies.update(study, norm_stats=norm_stats, phase="initialisation")
     return True

@@ -8,7 +8,7 @@ from django.db import transaction
 
 from common.errors import Conflict, ServiceError
 from common.files import atomic_write
-from orchestrator import ledger
+from orchestrator import studies
 from orchestrator.models import Datasite, Round, SiteUpdate
 from orchestrator.secure import he_files, sessions
 from orchestrator.secure.messages import MAX_METRICS_BYTES, locked, session_for
@@ -94,7 +94,7 @@ def commit(site: Datasite, study_id: str, number: int, data: object) -> None:
         SiteUpdate.objects.get_or_create(
             round=rnd,
             datasite=site,
-            defaults={"local_steps": ledger.plan_of(session.study).local_steps, "metrics": metrics},
+            defaults={"local_steps": studies.plan_of(session.study).local_steps, "metrics": metrics},
         )
 
 

@@ -18,7 +18,7 @@ from django.db import transaction
 
 from common.errors import Conflict, Forbidden, NotFound, ServiceError
 from common.files import atomic_write
-from orchestrator import ledger
+from orchestrator import studies
 from orchestrator.models import Datasite, Round, SiteUpdate, Study
 from orchestrator.secure import sessions
 from orchestrator.secure.messages import MAX_METRICS_BYTES, locked, session_for
@@ -236,5 +236,5 @@ def receive_unmask(site: Datasite, study_id: str, number: int, data: object) -> 
             SiteUpdate.objects.get_or_create(
                 round=rnd,
                 datasite=site,
-                defaults={"local_steps": ledger.plan_of(session.study).local_steps, "metrics": metrics},
+                defaults={"local_steps": studies.plan_of(session.study).local_steps, "metrics": metrics},
             )

@@ -34,7 +34,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit import trail
-from orchestrator import checkpoints, ledger
+from orchestrator import checkpoints, studies
 from orchestrator.models import Datasite, Round, SiteUpdate, Study
 from orchestrator.secure_models import SecureMessage, SecureSession
 from privacy.secagg import EncryptedShare, KeyAdvert, ProtocolError, SecAggParams, SecAggServer
@@ -50,7 +50,7 @@ def session_id(study_id: str, number: int) -> str:
 
 def update_encoding(study: Study) -> UpdateEncoding:
     """How a training round's update is laid out as one vector for a secure sum."""
-    plan = ledger.plan_of(study)
+    plan = studies.plan_of(study)
     return UpdateEncoding(
         layout_from(study.manifest), plan.strategy, plan.secure.clip, plan.secure.max_weight, plan.local_steps
     )
@@ -61,11 +61,11 @@ def open_session(
 ) -> SecureSession | None:
     """Open the ``secagg`` session of round ``number`` (idempotent); None, with the study
     failed, when its parameters are impossible."""
-    plan = ledger.plan_of(study)
+    plan = studies.plan_of(study)
     try:
         params = SecAggParams(tuple(sites), length, clip, plan.secure.threshold)
     except ValueError as exc:
-        ledger.fail(study, f"secure aggregation cannot start ({kind}, {len(sites)} sites): {exc}")
+        studies.fail(study, f"secure aggregation cannot start ({kind}, {len(sites)} sites): {exc}")
         return None
     with transaction.atomic():
         session, created = SecureSession.objects.get_or_create(
@@ -237,9 +237,9 @@ def fail_session(session: SecureSession, reason: str) -> None:
     study = Study.objects.get(pk=session.study_id)
     why = f"secure aggregation of round {session.number} failed: {reason}"
     if session.kind == SecureSession.Kind.UPDATE:
-        ledger.fail_round(study, Round.objects.get(study=study, number=session.number), why)
+        studies.fail_round(study, Round.objects.get(study=study, number=session.number), why)
     else:
-        ledger.fail(study, why)
+        studies.fail(study, why)
     discard_files(session)
 
 

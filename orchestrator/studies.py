@@ -1,4 +1,4 @@
-"""The study ledger: every change of a study's or a round's persisted state, and the public
+"""The state of studies and rounds: every change of a study's or a round's persisted state, and the public
 surface of the round engine that the round modes (:mod:`orchestrator.modes`) build on.
 
 A study moves proposed → awaiting_approval → preparing → running (round r, phase) →
