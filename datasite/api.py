@@ -12,19 +12,16 @@ from pydantic import Field, ValidationError
 from common.api import require_role
 from common.protocol import PURPOSE_PATTERN, CodeRequestIn, CodeRequestOut, Decision
 from common.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, PEER_NODE
-from datasite import secure_rounds, services
+from datasite import code_requests, modes, preparation, rounds
+from datasite.consent import record_consent
+from datasite.datasets import public_dataset, register_dataset
 from datasite.models import Dataset, RoundRun
+from datasite.secure_api import router as secure_router
+from datasite.studies import latest_request
 from datasite.tasks import enqueue_round
 
 router = Router(tags=["datasite"])
 STUDY = r"^[0-9a-f]{32}$"
-
-
-def _call(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except services.ServiceError as exc:
-        raise HttpError(exc.status, str(exc)) from exc
 
 
 class DatasetIn(Schema):
@@ -49,22 +46,20 @@ class RevokeIn(Schema):
 def datasets(request: HttpRequest):
     """Schema, counts, statistics shape and a synthetic mock of each dataset: no private values."""
     require_role(request, PEER_NODE, DATA_OWNER, NODE_ADMIN, COMPLIANCE_OFFICER)
-    return [services.public_dataset(d) for d in Dataset.objects.all()]
+    return [public_dataset(d) for d in Dataset.objects.all()]
 
 
 @router.post("/datasets", response={201: dict})
 def register(request: HttpRequest, body: DatasetIn):
     require_role(request, DATA_OWNER, NODE_ADMIN)
-    ds = _call(services.register_dataset, body.name, body.root, body.epsilon_max, body.delta, request.user)
-    return Status(201, services.public_dataset(ds))
+    ds = register_dataset(body.name, body.root, body.epsilon_max, body.delta, request.user)
+    return Status(201, public_dataset(ds))
 
 
 @router.post("/consents", response={201: dict})
 def consent(request: HttpRequest, body: ConsentIn):
     require_role(request, DATA_OWNER)
-    event = _call(
-        services.record_consent, body.contributor, body.purpose, body.given, body.evidence, request.user
-    )
+    event = record_consent(body.contributor, body.purpose, body.given, body.evidence, request.user)
     return Status(
         201,
         {
@@ -80,47 +75,46 @@ def consent(request: HttpRequest, body: ConsentIn):
 def receive(request: HttpRequest, body: CodeRequestIn):
     """The orchestrator delivers a study's code and plan for review."""
     require_role(request, PEER_NODE)
-    return Status(201, services.describe(_call(services.receive_code_request, body)))
+    return Status(201, code_requests.describe(code_requests.receive_code_request(body)))
 
 
 @router.get("/code-requests/{study}", response=CodeRequestOut)
 def code_request(request: HttpRequest, study: str):
     require_role(request, PEER_NODE, DATA_OWNER, COMPLIANCE_OFFICER)
-    return services.describe(_call(services.latest_request, study))
+    return code_requests.describe(latest_request(study))
 
 
 @router.post("/code-requests/{study}/approve", response=CodeRequestOut)
 def approve(request: HttpRequest, study: str, body: Decision):
     """Approve the latest version: pins its code hash and plan and reserves the budget."""
     require_role(request, DATA_OWNER)
-    req = _call(services.latest_request, study)
-    return services.describe(
-        _call(services.decide, req, request.user, True, body.code_sha256, body.reason, body.plan_sha256)
+    req = latest_request(study)
+    return code_requests.describe(
+        code_requests.decide(req, request.user, True, body.code_sha256, body.reason, body.plan_sha256)
     )
 
 
 @router.post("/code-requests/{study}/deny", response=CodeRequestOut)
 def deny(request: HttpRequest, study: str, body: Decision):
     require_role(request, DATA_OWNER)
-    req = _call(services.latest_request, study)
-    return services.describe(
-        _call(services.decide, req, request.user, False, body.code_sha256, body.reason, body.plan_sha256)
+    req = latest_request(study)
+    return code_requests.describe(
+        code_requests.decide(req, request.user, False, body.code_sha256, body.reason, body.plan_sha256)
     )
 
 
 @router.post("/code-requests/{study}/revoke", response=CodeRequestOut)
 def revoke(request: HttpRequest, study: str, body: RevokeIn):
     require_role(request, DATA_OWNER)
-    req = _call(services.latest_request, study)
-    return services.describe(_call(services.revoke, req, request.user, body.reason))
+    return code_requests.describe(code_requests.revoke(latest_request(study), request.user, body.reason))
 
 
 @router.post("/studies/{study}/stats", response=dict)
 def stats(request: HttpRequest, study: str):
-    """This site's normalization statistics over its training episodes (plain mode)."""
+    """This site's normalization statistics over its training episodes, where the study's mode
+    lets them leave in the clear (plain mode)."""
     require_role(request, PEER_NODE)
-    _call(secure_rounds.refuse_plain_stats, study)  # --- secure aggregation hook ---
-    return _call(services.study_stats, study)
+    return modes.of_request(latest_request(study)).release_stats(study)
 
 
 @router.post("/studies/{study}/init")
@@ -131,7 +125,7 @@ def init(request: HttpRequest, study: str, norm_stats: Form[str]):
         parsed = json.loads(norm_stats)
     except json.JSONDecodeError as exc:
         raise HttpError(400, "norm_stats must be JSON") from exc
-    data = _call(services.initial_weights, study, parsed)
+    data = preparation.initial_weights(study, parsed)
     return HttpResponse(data, content_type="application/octet-stream")
 
 
@@ -141,11 +135,11 @@ def assign(
 ):
     """A round assignment (JSON) with the global weights (safetensors); runs as a task."""
     require_role(request, PEER_NODE)
-    parsed = _call(services.validate_assignment, assignment)
+    parsed = rounds.validate_assignment(assignment)
     if parsed.study != study or parsed.round != round_number:
         raise HttpError(400, "the assignment's study and round do not match the URL")
     try:
-        run, start = _call(services.accept_assignment, parsed, weights.read())
+        run, start = rounds.accept_assignment(parsed, weights.read())
     except ValidationError as exc:
         raise HttpError(400, str(exc)) from exc
     if start:  # a done run re-uploads its stored result; nothing trains twice
@@ -161,7 +155,5 @@ def round_status(request: HttpRequest, study: str, round_number: int):
         raise HttpError(404, "no such round at this site")
     return {"status": run.status, "attempts": run.attempts, "error": run.error}
 
-
-from datasite.secure_api import router as secure_router  # noqa: E402  (secure aggregation)
 
 routers = [("", router), ("/secure", secure_router)]

@@ -3,7 +3,6 @@
 import logging
 from datetime import timedelta
 
-import httpx
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -17,6 +16,7 @@ from common.protocol import Heartbeat, JoinRequest, JoinResponse, NodeInfo
 from common.roles import PEER_NODE
 from common.signing import sign
 from datasite.models import OrchestratorLink
+from datasite.orchestrator_client import OrchestratorClient, OrchestratorError
 
 log = logging.getLogger(__name__)
 ORCHESTRATOR_ACCOUNT = "node.orchestrator"
@@ -25,13 +25,6 @@ CALLBACK_TOKEN_LIFETIME = timedelta(days=365)
 
 class JoinError(Exception):
     """Joining failed; nothing was kept. The message says what to do."""
-
-
-def _error_detail(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("detail", response.text))
-    except ValueError:
-        return response.text[:200]
 
 
 def join(orchestrator_url: str, token: str, timeout: float = 15.0) -> OrchestratorLink:
@@ -53,27 +46,22 @@ def join(orchestrator_url: str, token: str, timeout: float = 15.0) -> Orchestrat
         unsigned = {"node": info.model_dump(), "callback_token": callback}
         body = JoinRequest(**unsigned, signature=sign(node.signing_key(), unsigned))
         try:
-            response = httpx.post(
-                f"{url}/api/federation/join",
-                json=body.model_dump(),
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=timeout,
-            )
-        except httpx.HTTPError as exc:
+            with OrchestratorClient(url, token, timeout=timeout) as client:
+                response = client.post("/api/federation/join", json=body.model_dump())
+        except OrchestratorError as exc:
+            if exc.http_status is None:
+                raise JoinError(
+                    f"cannot reach the orchestrator at {url} ({exc.detail}): "
+                    "check the URL and that the orchestrator is running"
+                ) from exc
+            if exc.http_status == 401:
+                raise JoinError(
+                    "the orchestrator refused the token (unknown, expired or revoked): "
+                    "ask its admin for a new invitation (manage.py invite_datasite)"
+                ) from exc
             raise JoinError(
-                f"cannot reach the orchestrator at {url} ({exc.__class__.__name__}): "
-                "check the URL and that the orchestrator is running"
+                f"the orchestrator refused to register this site (HTTP {exc.http_status}): {exc.detail}"
             ) from exc
-        if response.status_code == 401:
-            raise JoinError(
-                "the orchestrator refused the token (unknown, expired or revoked): "
-                "ask its admin for a new invitation (manage.py invite_datasite)"
-            )
-        if response.status_code != 200:
-            raise JoinError(
-                f"the orchestrator refused to register this site "
-                f"(HTTP {response.status_code}): {_error_detail(response)}"
-            )
         peer = JoinResponse.model_validate(response.json()).orchestrator
         trail.record(
             "federation.joined",
@@ -93,17 +81,10 @@ def send_heartbeat(timeout: float = 5.0) -> bool:
         return False
     beat = Heartbeat(name=settings.NODE_NAME, status={"role": "datasite"})
     try:
-        response = httpx.post(
-            f"{link.url}/api/federation/heartbeat",
-            json=beat.model_dump(),
-            headers={"Authorization": f"Bearer {link.token}"},
-            timeout=timeout,
-        )
-    except httpx.HTTPError as exc:
+        with OrchestratorClient(link.url, link.token, timeout=timeout) as client:
+            client.post("/api/federation/heartbeat", json=beat.model_dump())
+    except OrchestratorError as exc:
         log.warning("heartbeat to %s failed: %s", link.url, exc)
-        return False
-    if response.status_code != 200:
-        log.warning("heartbeat refused (HTTP %s): %s", response.status_code, _error_detail(response))
         return False
     OrchestratorLink.objects.filter(pk=link.pk).update(last_heartbeat_ok=timezone.now())
     return True

@@ -179,7 +179,7 @@ class LedgerEntry(models.Model):
 
 class HEKey(models.Model):
     """This site's copy of a study's CKKS secret key (``he`` mode); the key itself is a 0600 file
-    in the node's ``keys/he/`` folder, named after the study (see :mod:`datasite.he_rounds`)."""
+    in the node's ``keys/he/`` folder, named after the study (see :mod:`datasite.modes.he_keys`)."""
 
     study = models.CharField(max_length=32, unique=True)
     key_id = models.CharField(max_length=32, help_text="hex of privacy.he.SecretContext.key_id")

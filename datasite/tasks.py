@@ -4,7 +4,7 @@ With ``CELERY_BROKER_URL`` set, a ``celery worker -Q site.<name>.train`` process
 (``acks_late``, prefetch 1: a worker that dies mid-round gets its message redelivered).
 Without a broker (the embedded default) the same task body runs in one background thread of
 the web process. Either way the task is idempotent by (study, round): see
-:func:`datasite.services.execute_round`.
+:func:`datasite.rounds.execute_round`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import close_old_connections
 
-from datasite import services
+from datasite.rounds import LeaseHeld, execute_round
 
 log = logging.getLogger(__name__)
 _embedded = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsilo-train")
@@ -30,8 +30,8 @@ def train_queue() -> str:
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def run_round(self, run_id: int) -> None:
     try:
-        services.execute_round(run_id)
-    except services.LeaseHeld as exc:
+        execute_round(run_id)
+    except LeaseHeld as exc:
         raise self.retry(countdown=max(1.0, exc.seconds)) from exc
 
 
@@ -39,9 +39,9 @@ def _run_embedded(run_id: int) -> None:
     try:
         while True:
             try:
-                services.execute_round(run_id)
+                execute_round(run_id)
                 return
-            except services.LeaseHeld as exc:
+            except LeaseHeld as exc:
                 time.sleep(max(1.0, exc.seconds))
     except Exception:
         log.exception("embedded round task %s crashed", run_id)

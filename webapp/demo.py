@@ -25,22 +25,12 @@ from pathlib import Path
 
 import httpx
 
+from datasite.training.recipes.act import TINY_ACT
 from webapp.cluster import LocalCluster, Node
 
 PROFILES = ("lab-a", "lab-b", "lab-c")
 EPSILON_MAX = 20.0  # each dataset's budget across all studies
-DEMO_ACT = {
-    "dim_model": 64,
-    "n_heads": 2,
-    "dim_feedforward": 128,
-    "n_encoder_layers": 1,
-    "n_decoder_layers": 1,
-    "chunk_size": 5,
-    "n_action_steps": 5,
-    "use_vae": False,
-    "freeze_backbone": True,
-    "cameras": ["observation.images.top"],
-}
+DEMO_ACT = {**TINY_ACT, "use_vae": False, "latent_dim": 32}  # no VAE, act-small's latent width
 
 
 def _prepare_site(site: Node, profile: str, seed: int, episodes: int, image_size: str) -> str:

@@ -1,7 +1,6 @@
-"""Forms of the data owner's pages: decisions on code requests, revocations and consent.
+"""Consent forms: one consent given or withdrawn, and the CSV import.
 
-Every form validates everything before anything is saved; the CSV import checks every line
-first and names each bad line, so an import is all-or-nothing.
+The CSV import checks every line first and names each bad line, so an import is all-or-nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from django.core.validators import RegexValidator
 from common.protocol import PURPOSE_PATTERN
 from datasite.models import ConsentEvent, Dataset
 
-HASH_PATTERN = r"^[0-9a-f]{64}$"
 CSV_COLUMNS = ("contributor", "purpose", "given", "evidence")
 CSV_MAX_BYTES = 1024 * 1024
 CSV_MAX_ROWS = 10_000
@@ -27,7 +25,6 @@ GIVEN = {"1", "true", "yes", "given", "give"}
 WITHDRAWN = {"0", "false", "no", "withdrawn", "withdraw"}
 PURPOSE_HELP = "lower-case words joined by '-', e.g. policy-training"
 
-_hash = RegexValidator(HASH_PATTERN, "This page is out of date: reload it and review the request again.")
 _purpose = RegexValidator(PURPOSE_PATTERN, f"A purpose is {PURPOSE_HELP}.")
 
 
@@ -37,44 +34,6 @@ def known_contributors() -> set[str]:
     for summary in Dataset.objects.values_list("summary", flat=True):
         known.update((summary or {}).get("contributors", {}).values())
     return known
-
-
-class DecisionForm(forms.Form):
-    """Approve or deny: carries the code and plan hashes the data owner was shown."""
-
-    decision = forms.ChoiceField(
-        choices=[("approve", "Approve"), ("deny", "Deny")],
-        error_messages={"required": "Choose approve or deny."},
-    )
-    code_sha256 = forms.CharField(widget=forms.HiddenInput, validators=[_hash])
-    plan_sha256 = forms.CharField(widget=forms.HiddenInput, validators=[_hash])
-    reason = forms.CharField(
-        required=False,
-        max_length=2000,
-        strip=True,
-        widget=forms.Textarea(
-            attrs={"rows": 3, "placeholder": "Why? (required to deny; the researcher sees it)"}
-        ),
-    )
-
-    @property
-    def approve(self) -> bool:
-        return self.cleaned_data["decision"] == "approve"
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        if data.get("decision") == "deny" and not data.get("reason"):
-            self.add_error("reason", "Please give a reason for the denial: the researcher will see it.")
-        return data
-
-
-class RevokeForm(forms.Form):
-    reason = forms.CharField(
-        max_length=2000,
-        strip=True,
-        widget=forms.Textarea(attrs={"rows": 2, "placeholder": "Why is the approval revoked?"}),
-        error_messages={"required": "Please give a reason for revoking the approval."},
-    )
 
 
 class ConsentForm(forms.Form):

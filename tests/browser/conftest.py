@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.availability import unavailable
+
 CHROMIUM = os.environ.get("FEDSILO_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -34,14 +36,14 @@ def browser() -> Iterator:
     """
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         found = shutil.which("chromium")
-        pytest.skip(
+        unavailable(
             f"no chromium at {CHROMIUM}{f' (found {found}: set FEDSILO_CHROMIUM)' if found else ''}; "
             "install it with `apt-get install -y chromium`"
         )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("playwright is not installed: pip install the dev extras")
+        unavailable("playwright is not installed: pip install the dev extras")
     with pytest.MonkeyPatch.context() as env, sync_playwright() as p:
         env.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

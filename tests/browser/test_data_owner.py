@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from common.roles import DATA_OWNER, RESEARCHER
-from datasite import services
+from datasite import code_requests, consent
 from datasite.models import CodeRequest, ConsentEvent, LedgerEntry
 from tests.datasite.test_ui import give_consent, make_dataset, make_request, make_user
 
@@ -40,7 +40,7 @@ def test_data_owner_reviews_decides_and_manages_consent(live_server, new_page, s
     cube_v2 = make_request(
         ds, "Pick the cube", study=cube.study, version=2, config={"chunk_size": 20, "dim_model": 64}
     )
-    projected = services.projection(cube_v2)[ds.name]
+    projected = code_requests.projection(cube_v2)[ds.name]
 
     page = new_page()
     log_in(page, base, "olga")
@@ -86,7 +86,7 @@ def test_data_owner_reviews_decides_and_manages_consent(live_server, new_page, s
     expect(page.locator(".messages")).to_contain_text("Consent withdrawn for c-bob (policy-training)")
     expect(page.locator("#c-c-bob")).to_contain_text("withdrawn")
     page.screenshot(path=shots / "05-consent.png", full_page=True)
-    assert "c-bob" not in services.consenting("policy-training")
+    assert "c-bob" not in consent.consenting("policy-training")
     assert ConsentEvent.objects.filter(
         contributor="c-bob", given=False, evidence="email of 2025-03-02"
     ).exists()

@@ -6,11 +6,15 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.test import override_settings
 
+from common.errors import Conflict, ServiceError
 from common.models import ApiToken
-from common.protocol import CodeBundle, Plan, bundle_sha256, plan_sha256
-from datasite import services
+from common.protocol import CodeBundle, CodeRequestIn, Plan, bundle_sha256, plan_sha256
+from datasite import budget
+from datasite.code_requests import decide, receive_code_request, revoke
+from datasite.consent import record_consent
+from datasite.datagen import generate_so100
+from datasite.datasets import register_dataset
 from datasite.models import CodeRequest, LedgerEntry, RoundRun
-from datasite.training.so100 import generate_so100
 
 pytestmark = [pytest.mark.django_db]
 STUDY = "a" * 32
@@ -32,9 +36,9 @@ def token_for(username: str, role: str) -> str:
 @pytest.fixture
 def site(so100_root, settings):
     settings.NODE_NAME = "site-a"
-    ds = services.register_dataset("so100", so100_root, epsilon_max=20.0, delta=1e-5)
+    ds = register_dataset("so100", so100_root, epsilon_max=20.0, delta=1e-5)
     for person in set(ds.contributors().values()):
-        services.record_consent(person, "policy-training", True, "form")
+        record_consent(person, "policy-training", True, "form")
     return {
         "ds": ds,
         "peer": token_for("node.orchestrator", "peer_node"),
@@ -135,22 +139,22 @@ def test_public_datasets_hold_no_private_values(client, site):
 
 
 def test_denial_needs_a_reason_and_revoke_releases(site):
-    services.receive_code_request(services.CodeRequestIn.model_validate(request_body()))
+    receive_code_request(CodeRequestIn.model_validate(request_body()))
     request = CodeRequest.objects.get()
     owner = User.objects.get(username="olga")
-    with pytest.raises(services.ServiceError, match="reason"):
-        services.decide(request, owner, False, request.code_sha256, "")
-    services.decide(request, owner, True, request.code_sha256)
-    services.revoke(request, owner, "changed our mind")
+    with pytest.raises(ServiceError, match="reason"):
+        decide(request, owner, False, request.code_sha256, "")
+    decide(request, owner, True, request.code_sha256)
+    revoke(request, owner, "changed our mind")
     assert {e.kind for e in LedgerEntry.objects.all()} == {"reserve", "release"}
-    assert services.budget.view(site["ds"]).committed == 0
+    assert budget.view(site["ds"]).committed == 0
 
 
 def test_a_plan_without_dp_cannot_be_approved_on_a_budget(site):
     body = request_body(dp={"enabled": False})
-    services.receive_code_request(services.CodeRequestIn.model_validate(body))
+    receive_code_request(CodeRequestIn.model_validate(body))
     request = CodeRequest.objects.get()
-    with pytest.raises(services.Conflict, match="∞"):
-        services.decide(request, User.objects.get(username="olga"), True, request.code_sha256)
+    with pytest.raises(Conflict, match="∞"):
+        decide(request, User.objects.get(username="olga"), True, request.code_sha256)
     request.refresh_from_db()
     assert request.status == "pending" and not LedgerEntry.objects.exists()

@@ -1,7 +1,7 @@
 """The data owner's web UI at a datasite: roles, decisions, consent, plots.
 
 Datasets are database rows built from a hand-written summary (no files, no lerobot import);
-code requests arrive through ``services.receive_code_request`` as the orchestrator sends them.
+code requests arrive through ``code_requests.receive_code_request`` as the orchestrator sends them.
 """
 
 from __future__ import annotations
@@ -19,10 +19,15 @@ from django.urls import reverse
 
 from common.protocol import CodeBundle, CodeRequestIn, DPPlan, Plan, bundle_sha256
 from common.roles import COMPLIANCE_OFFICER, DATA_OWNER, NODE_ADMIN, RESEARCHER
-from datasite import budget, plots, services
+from compliance.plots import epsilon_png
+from datasite import budget, code_requests, plots
+from datasite.consent import consenting, record_consent, split_episodes
 from datasite.models import CodeRequest, ConsentEvent, Dataset, LedgerEntry
+from datasite.studies import plan_of
 from datasite.training.dataset import SO100_JOINT_NAMES, DatasetSummary, mock_preview
+from datasite.views.requests import code_text
 from privacy.accounting import Mechanism, epsilon
+from privacy.ledger import Entry, Ledger
 
 PNG = b"\x89PNG\r\n\x1a\n"
 OWNERS = ["c-alice"] * 4 + ["c-bob"] * 3 + ["c-carol"] * 3  # episode → contributor
@@ -110,12 +115,12 @@ def make_request(
         datasets=[ds.name],
         sites=[settings.NODE_NAME, "other-site"],
     )
-    return services.receive_code_request(body)
+    return code_requests.receive_code_request(body)
 
 
 def give_consent(*contributors: str, purpose: str = "policy-training") -> None:
     for who in contributors:
-        services.record_consent(who, purpose, True, "form-1")
+        record_consent(who, purpose, True, "form-1")
 
 
 @pytest.fixture
@@ -131,7 +136,7 @@ def world(db) -> dict:
     give_consent("c-alice", "c-bob")
     pending = make_request(ds, "Pick the cube")
     approved = make_request(ds, "Stack blocks")
-    services.decide(approved, users[DATA_OWNER], True, approved.code_sha256, "fine")
+    code_requests.decide(approved, users[DATA_OWNER], True, approved.code_sha256, "fine")
     return {"users": users, "ds": ds, "pending": pending, "approved": CodeRequest.objects.get(pk=approved.pk)}
 
 
@@ -309,11 +314,11 @@ def test_request_page_shows_code_plan_projection_and_consent(world):
         "Purpose",
     ):
         assert f"<th>{label}</th>" in page, label
-    projected = services.projection(cr)[ds.name]
+    projected = code_requests.projection(cr)[ds.name]
     assert f"<strong>{projected:.3g}</strong> of 20" in page
     view = budget.view(ds)
     assert f"ε = {view.reserved:.3g}" in page  # the approved study's reservation
-    split = services.split_episodes(ds, services.plan_of(cr))
+    split = split_episodes(ds, plan_of(cr))
     covered = len(split.train) + len(split.holdout)
     assert covered == 7  # alice's 4 and bob's 3 episodes; carol has no consent
     assert f"{covered} of 10 ({len(split.train)} for training, {len(split.holdout)} held out" in page
@@ -360,7 +365,7 @@ def test_request_page_warns_when_over_budget_and_approval_is_refused(world):
 @pytest.mark.django_db
 def test_approve_pins_and_reserves(world):
     cr, ds, owner = world["pending"], world["ds"], world["users"][DATA_OWNER]
-    projected = services.projection(cr)[ds.name]
+    projected = code_requests.projection(cr)[ds.name]
     response = client_for(owner).post(version_url("decide", cr), decide_data(cr, "approve"), follow=True)
     assert response.status_code == 200
     assert "Approved “Pick the cube” (v1)" in response.content.decode()
@@ -446,7 +451,7 @@ def test_revoke(world):
 
 @pytest.mark.django_db
 def test_consent_page_lists_contributors_with_state_and_history(world):
-    services.record_consent("c-bob", "policy-training", False, "email 2024-05-01")
+    record_consent("c-bob", "policy-training", False, "email 2024-05-01")
     page = client_for(world["users"][COMPLIANCE_OFFICER]).get(reverse("datasite:consent")).content.decode()
     for who in ("c-alice", "c-bob", "c-carol"):
         assert f'id="c-{who}"' in page
@@ -470,9 +475,9 @@ def test_consent_form_withdraws_and_gives(world):
         "letter 17",
         owner,
     )
-    assert "c-alice" not in services.consenting("policy-training")
+    assert "c-alice" not in consenting("policy-training")
     client.post(reverse("datasite:consent-record"), {**data, "given": "true", "purpose": "evaluation"})
-    assert "c-alice" in services.consenting("evaluation")
+    assert "c-alice" in consenting("evaluation")
 
 
 @pytest.mark.django_db
@@ -513,7 +518,7 @@ def test_consent_form_accepts_a_new_contributor_when_ticked(world):
         client_for(world["users"][DATA_OWNER]).post(reverse("datasite:consent-record"), data).status_code
         == 302
     )
-    assert "c-dave" in services.consenting("policy-training")
+    assert "c-dave" in consenting("policy-training")
 
 
 @pytest.mark.django_db
@@ -528,8 +533,8 @@ def test_consent_csv_import(world):
         reverse("datasite:consent-import"), {"file": csv_file(text)}, follow=True
     )
     assert "Imported 3 consent records (2 given, 1 withdrawn)" in response.content.decode()
-    assert services.consenting("policy-training") == {"c-bob", "c-carol"}
-    assert services.consenting("evaluation") == {"c-bob"}
+    assert consenting("policy-training") == {"c-bob", "c-carol"}
+    assert consenting("evaluation") == {"c-bob"}
 
 
 @pytest.mark.django_db
@@ -629,20 +634,12 @@ def test_plots_return_png(world):
 
 def test_epsilon_timeline_composes_never_adds():
     from datetime import UTC, datetime, timedelta
-    from types import SimpleNamespace
 
     t0 = datetime(2025, 1, 1, tzinfo=UTC)
 
-    def entry(i: int, kind: str, study: str, steps: int) -> SimpleNamespace:
-        return SimpleNamespace(
-            at=t0 + timedelta(hours=i),
-            kind=kind,
-            study=study,
-            noise_multiplier=1.5,
-            sample_rate=0.25,
-            steps=steps,
-            unit="episode",
-        )
+    def entry(i: int, kind: str, study: str, steps: int) -> Entry:
+        mechanism = None if kind == "release" else Mechanism(1.5, 0.25, steps)
+        return Entry(kind, study, mechanism, at=t0 + timedelta(hours=i))
 
     m = Mechanism(1.5, 0.25, 5)
     entries = [
@@ -652,14 +649,14 @@ def test_epsilon_timeline_composes_never_adds():
         entry(3, "reserve", "b", 10),
         entry(4, "release", "b", 0),
     ]
-    points = plots.epsilon_timeline(entries, 1e-5)
+    points = Ledger(10.0, 1e-5, entries).timeline()
     assert [p.spent for p in points[:3]] == pytest.approx([0.0, epsilon([m], 1e-5), epsilon([m, m], 1e-5)])
     assert points[2].spent < 2 * epsilon([m], 1e-5)  # composition is tighter than adding
     assert points[0].committed == pytest.approx(epsilon([m, m], 1e-5))
     assert points[3].committed == pytest.approx(epsilon([m] * 4, 1e-5))
     assert points[4].committed == pytest.approx(points[4].spent)  # b's reservation released
-    assert plots.epsilon_png(points, 10.0, "t").startswith(PNG)
-    assert plots.epsilon_png([], 10.0).startswith(PNG)
+    assert epsilon_png(points, 10.0, "t").startswith(PNG)
+    assert epsilon_png([], 10.0).startswith(PNG)
 
 
 def test_mock_images_render_when_the_mock_has_arrays():
@@ -679,9 +676,7 @@ def test_mock_images_render_when_the_mock_has_arrays():
 
 
 def test_module_bundles_are_shown_as_python():
-    from datasite.views import _code_text
-
-    text, lexer = _code_text({"kind": "module", "source": "def train(batch):\n    return batch\n"})
+    text, lexer = code_text({"kind": "module", "source": "def train(batch):\n    return batch\n"})
     assert text.startswith("def train") and lexer.name == "Python"
-    text, lexer = _code_text({"kind": "recipe", "recipe": "act", "config": {"b": 1, "a": 2}})
+    text, lexer = code_text({"kind": "recipe", "recipe": "act", "config": {"b": 1, "a": 2}})
     assert text.index('"a"') < text.index('"b"') and lexer.name == "JSON"

@@ -4,7 +4,8 @@ import socket
 
 import pytest
 
-from datasite.training.so100 import generate_so100
+from datasite.datagen import generate_so100
+from tests.availability import unavailable
 
 
 @pytest.fixture(scope="session")
@@ -27,4 +28,4 @@ def service_up(port: int) -> bool:
 
 def require_service(port: int, name: str) -> None:
     if not service_up(port):
-        pytest.skip(f"{name} is not answering on 127.0.0.1:{port}")
+        unavailable(f"{name} is not answering on 127.0.0.1:{port}")

@@ -10,21 +10,9 @@ from pathlib import Path
 import httpx
 
 from datasite.training.dataset import episode_contributors
+from datasite.training.recipes.act import TINY_ACT
+from tests.integration.fault_proxy import FaultProxy
 from webapp.cluster import LocalCluster, Node
-
-TINY_ACT = {
-    "dim_model": 64,
-    "n_heads": 2,
-    "dim_feedforward": 128,
-    "n_encoder_layers": 1,
-    "n_decoder_layers": 1,
-    "n_vae_encoder_layers": 1,
-    "chunk_size": 5,
-    "n_action_steps": 5,
-    "latent_dim": 8,
-    "freeze_backbone": True,
-    "cameras": ["observation.images.top"],
-}
 
 
 def prepare_site(site: Node, source: Path, epsilon_max: float = 50.0) -> str:
@@ -72,18 +60,34 @@ def approve_when_asked(
 
 
 def start_federation(
-    base: Path, site_names: list[str], env: dict | None = None, workers: bool = False
+    base: Path,
+    site_names: list[str],
+    env: dict | None = None,
+    workers: bool = False,
+    through: dict[str, FaultProxy] | None = None,
 ) -> LocalCluster:
-    """An orchestrator and datasites, started and joined (with Celery workers if asked)."""
+    """An orchestrator and datasites, started and joined (with Celery workers if asked); a site
+    named in ``through`` joins through that proxy, which then forwards to the orchestrator."""
     cluster = LocalCluster(base, env=env) if env else LocalCluster(base)
     cluster.add("orchestrator", "orch")
     for name in site_names:
         cluster.add("datasite", name)
-    cluster.start()
-    cluster.join_all()
-    if workers:
+    try:
+        cluster.start()
+        orch = cluster.orchestrator
         for site in cluster.datasites:
-            site.start_worker()
+            url = orch.url
+            proxy = (through or {}).get(site.name)
+            if proxy is not None:
+                proxy.target, url = orch.url, proxy.url
+            token = orch.manage("invite_datasite", site.name, "--quiet").strip()
+            site.manage("join", "--orchestrator", url, "--token", token)
+        if workers:
+            for site in cluster.datasites:
+                site.start_worker()
+    except BaseException:  # leave no node process behind
+        cluster.stop()
+        raise
     return cluster
 
 

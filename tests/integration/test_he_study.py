@@ -41,7 +41,7 @@ def _examples(site, study_id: str) -> dict:
 
 
 def test_he_study_sums_under_ckks_and_the_orchestrator_sees_no_update_or_key(tmp_path, so100_sources):
-    from datasite.training.so100 import generate_so100
+    from datasite.datagen import generate_so100
 
     third = generate_so100(
         tmp_path / "lab-c", episodes=6, contributors=3, seed=5, profile="lab-a", image_size=(32, 40)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from datasite.secure_rounds import FAULT_ENV
-from datasite.training.so100 import generate_so100
+from datasite.datagen import generate_so100
 from orchestrator.client import Client
 from privacy.normstats import aggregate_stats
 from privacy.secagg import SecAggParams
 from privacy.secure_vector import UpdateEncoding, layout_from
 from privacy.strategies import ClientResult, aggregate_plain
+from tests.integration.fault_proxy import fault_proxy
 from tests.integration.federation import (
     approve_when_asked,
     prepare_site,
@@ -34,8 +34,8 @@ SECURE = {"clip": 0.5, "max_weight": 1000.0}
 
 def _site_facts(site, study_id: str) -> dict:
     code = (
-        "import json; from datasite import services; from datasite.models import RoundRun; "
-        f"s = services.study_stats('{study_id}'); "
+        "import json; from datasite.preparation import study_stats; from datasite.models import RoundRun; "
+        f"s = study_stats('{study_id}'); "
         f"n = {{r.round: r.num_examples for r in RoundRun.objects.filter(study='{study_id}')}}; "
         "print(json.dumps({'stats': s, 'examples': n}))"
     )
@@ -61,16 +61,21 @@ def test_secagg_study_survives_a_site_killed_mid_round(tmp_path, so100_sources):
         "FEDSILO_SECAGG_PHASE_SECONDS": "10",
         "FEDSILO_SECAGG_POLL_SECONDS": "0.3",
     }
-    with start_federation(tmp_path / "fed", SITES, env=env) as cluster:
+
+    # site-c reaches the orchestrator through a proxy that kills its round task's process right
+    # after forwarding the shares it sent in round 1 (and their answer)
+    def after_shares_of_round_1(method: str, path: str) -> bool:
+        return method == "POST" and path.endswith("/rounds/1/shares")
+
+    with (
+        fault_proxy(after_shares_of_round_1) as proxy,
+        start_federation(tmp_path / "fed", SITES, env=env, through={"site-c": proxy}) as cluster,
+    ):
         sites = {s.name: s for s in cluster.datasites}
         owners = {
             name: prepare_site(sites[name], src)
             for name, src in zip(SITES, [*so100_sources, third], strict=True)
         }
-        victim = sites["site-c"]  # its round task dies right after it sent its shares in round 1
-        victim.stop()
-        victim.start(extra_env={FAULT_ENV: "after-shares@1"})
-        victim.wait_healthy()
         orch = cluster.orchestrator
         with Client(orch.url, researcher_token(orch)) as client:
             study = propose_tiny_study(
@@ -93,6 +98,9 @@ def test_secagg_study_survives_a_site_killed_mid_round(tmp_path, so100_sources):
             .strip()
             .splitlines()[-1]
         )
+
+    # the fault happened once, where intended
+    assert [sent for _, sent in proxy.killed] == [f"POST /api/secure/studies/{study.id}/rounds/1/shares"]
 
     # round 1: site-c dropped after sharing keys, the survivors' sum completed; round 2: all three
     assert [r["round"] for r in rounds] == [1, 2, 3] and rounds[2]["eval_only"]

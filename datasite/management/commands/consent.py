@@ -6,7 +6,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from datasite.services import ServiceError, record_consent
+from common.errors import ServiceError
+from datasite.consent import record_consent
 
 COLUMNS = ("contributor", "purpose", "given", "evidence")
 TRUE, FALSE = {"1", "true", "yes", "given"}, {"0", "false", "no", "withdrawn"}

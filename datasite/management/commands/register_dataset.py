@@ -2,7 +2,8 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from datasite.services import ServiceError, register_dataset
+from common.errors import ServiceError
+from datasite.datasets import register_dataset
 
 
 class Command(BaseCommand):
