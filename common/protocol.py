@@ -76,7 +76,6 @@ class DatasiteOut(BaseModel):
 # ----------------------------------------------------------------------------- studies
 
 PURPOSE_PATTERN = r"^[a-z][a-z0-9-]{1,62}$"
-AGGREGATION_MODES = ("plain", "secagg", "he")
 
 
 class Pinned(BaseModel):
@@ -218,7 +217,9 @@ class Plan(Pinned):
     strategy: str = Field(default="fedavg", pattern=r"^(fedavg|fedprox|fedavgm|fedadam|fedyogi|fednova)$")
     server: dict = Field(default_factory=dict, description="server-side strategy hyperparameters")
     dp: DPPlan = Field(default_factory=DPPlan)
-    aggregation: str = Field(default="secagg", pattern=r"^(plain|secagg|he)$")
+    # a round mode's name: each role checks it against its registry (orchestrator.modes,
+    # datasite.modes), so a new mode needs no change here
+    aggregation: str = Field(default="secagg", pattern=r"^[a-z][a-z0-9-]{0,31}$")
     min_sites: int = Field(default=1, ge=1)
     fraction: float = Field(default=1.0, gt=0, le=1)
     holdout_fraction: float = Field(default=0.2, ge=0, lt=1)

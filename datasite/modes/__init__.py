@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ninja import Router
 
+from common.errors import ServiceError
 from common.protocol import Plan
 from datasite.models import CodeRequest
 from datasite.modes.base import SiteMode
@@ -21,8 +22,13 @@ MODES: dict[str, SiteMode] = {mode.name: mode for mode in (PlainMode(), SecAggMo
 
 
 def of(plan: Plan) -> SiteMode:
-    """The mode a plan aggregates with."""
-    return MODES[plan.aggregation]
+    """The mode a plan aggregates with; a ``ServiceError`` when this site has no such mode."""
+    mode = MODES.get(plan.aggregation)
+    if mode is None:
+        raise ServiceError(
+            f"this site cannot aggregate with {plan.aggregation!r}; it knows {', '.join(MODES)}"
+        )
+    return mode
 
 
 def of_request(request: CodeRequest) -> SiteMode:

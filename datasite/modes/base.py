@@ -14,8 +14,8 @@ Adding a round mode
    ``router`` for endpoints of its own (they are served under ``/api/secure``).
 2. Add one line to :data:`datasite.modes.MODES`.
 
-The orchestrator's side is its ``RoundMode`` of the same name (:mod:`orchestrator.modes`),
-and ``common.protocol.Plan.aggregation`` must accept the name.
+The orchestrator's side is its ``RoundMode`` of the same name (:mod:`orchestrator.modes`);
+a plan naming a mode that a site does not register is refused when its code request arrives.
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ Adding a round mode
    another (as ``he`` extends ``secagg``) subclasses it and overrides what differs.
 2. Add one line to :data:`MODES` below.
 
-The plan's ``aggregation`` pattern (:class:`common.protocol.Plan`) and the datasite's mirror
-(:mod:`datasite.modes`) must know the name too; messages the mode's sites send need their
-own endpoints (as :mod:`orchestrator.secure_api` does for ``secagg`` and ``he``).
+The datasite's mirror (:mod:`datasite.modes`) registers the same name (a site refuses a code
+request whose mode it does not know); messages the mode's sites send need their own
+endpoints (as :mod:`orchestrator.secure_api` does for ``secagg`` and ``he``).
 """
 
 from __future__ import annotations

@@ -16,3 +16,14 @@ def test_every_plan_aggregation_has_its_mode(name):
 def test_an_unknown_mode_is_refused():
     with pytest.raises(ServiceError, match="unknown aggregation mode 'thresh'"):
         modes.get("thresh")
+
+
+def test_a_plan_may_name_a_mode_that_only_the_registries_judge():
+    """A new mode needs no protocol change: the plan accepts any mode-shaped name, the
+    registries refuse what they do not know, and a malformed name never validates."""
+    assert Plan(rounds=1, aggregation="he-threshold").aggregation == "he-threshold"
+    with pytest.raises(ServiceError, match="unknown aggregation mode 'he-threshold'"):
+        modes.get("he-threshold")
+    with pytest.raises(ValueError, match="aggregation"):
+        Plan(rounds=1, aggregation="He Threshold")
+
