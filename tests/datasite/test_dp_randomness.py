@@ -28,12 +28,7 @@ SAME_PREFIX = KEY[:8] + bytes([KEY[8] ^ 1]) + KEY[9:]
 LAST_BIT = KEY[:-1] + bytes([KEY[-1] ^ 1])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

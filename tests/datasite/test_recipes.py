@@ -60,14 +60,7 @@ def _stats() -> dict[str, dict[str, np.ndarray]]:
 STATS = _stats()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The CI machine's cores are shared: a second OpenMP thread mostly waits for a busy core
-    (measured 5-10x slower under load), so these tests run torch single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _raw_batch(bundle, b: int = 3) -> dict:

@@ -26,14 +26,7 @@ KEY = bytes(range(32))  # a fixed DP key: reproducible tests (production draws 3
 ACT = {"dim_model": 64, "dim_feedforward": 128, "n_vae_encoder_layers": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The CI machine's cores are shared: a second OpenMP thread mostly waits for a busy core
-    (measured 5-10x slower under load), so these tests run torch single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
