@@ -15,10 +15,10 @@ from common.protocol import Plan
 from orchestrator import checkpoints, engine, modes
 from orchestrator.federation import invite_datasite
 from orchestrator.models import Datasite, Round, SecureSession, Study, StudyKey
-from orchestrator.tensors import manifest_of
 from privacy import he
 from privacy.secure_vector import UpdateEncoding, layout_from
-from privacy.strategies import ClientResult, ServerState, aggregate_plain
+from privacy.strategies import ClientResult, aggregate_plain
+from tests.orchestrator.studies import running_study
 
 pytestmark = [pytest.mark.django_db]
 SITES = ("site-a", "site-b", "site-c")
@@ -44,17 +44,7 @@ def fed(settings, tmp_path, django_user_model, secret):
         Datasite.objects.filter(pk=site.pk).update(status="joined", url="http://127.0.0.1:9")
         tokens[name] = raw
     plan = Plan(rounds=2, local_steps=2, aggregation="he", min_sites=2, secure=SECURE)
-    study = Study.objects.create(
-        title="t",
-        researcher=django_user_model.objects.create_user("rita"),
-        code={},
-        code_sha256="0" * 64,
-        plan=plan.model_dump(),
-        plan_sha256="1" * 64,
-        status="running",
-        current_round=1,
-        manifest=manifest_of(WEIGHTS),
-    )
+    study = running_study(django_user_model.objects.create_user("rita"), plan, WEIGHTS)
     StudyKey.objects.create(
         study=study,
         key_holder="site-a",
@@ -62,7 +52,6 @@ def fed(settings, tmp_path, django_user_model, secret):
         delivered=["site-b", "site-c"],
         done=True,
     )
-    checkpoints.save(study.pk, 0, WEIGHTS, ServerState(strategy="fedavg"))
     now = timezone.now()
     Round.objects.create(
         study=study, number=1, participants=list(SITES), deadline=now + timedelta(hours=1), last_sent_at=now

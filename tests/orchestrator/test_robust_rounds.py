@@ -18,8 +18,8 @@ from common.roles import RESEARCHER
 from orchestrator import checkpoints, engine, services
 from orchestrator.federation import invite_datasite
 from orchestrator.models import Datasite, Round, Study
-from orchestrator.tensors import manifest_of, to_bytes
-from privacy.strategies import ServerState
+from orchestrator.tensors import to_bytes
+from tests.orchestrator.studies import running_study
 
 pytestmark = [pytest.mark.django_db]
 SITES = ("site-a", "site-b", "site-c")
@@ -41,18 +41,7 @@ def sites(settings, tmp_path, django_user_model):
 
 def start(researcher, **robust) -> Study:
     plan = Plan(rounds=2, aggregation="plain", robust=robust)
-    study = Study.objects.create(
-        title="t",
-        researcher=researcher,
-        code={},
-        code_sha256="0" * 64,
-        plan=plan.model_dump(),
-        plan_sha256=plan_sha256(plan),
-        status="running",
-        current_round=1,
-        manifest=manifest_of(WEIGHTS),
-    )
-    checkpoints.save(study.pk, 0, WEIGHTS, ServerState())
+    study = running_study(researcher, plan, WEIGHTS, plan_sha256(plan))
     now = timezone.now()
     Round.objects.create(
         study=study, number=1, participants=list(SITES), deadline=now + timedelta(hours=1), last_sent_at=now

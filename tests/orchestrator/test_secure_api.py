@@ -18,10 +18,11 @@ from common.protocol import Plan
 from orchestrator import checkpoints, engine
 from orchestrator.federation import invite_datasite
 from orchestrator.models import Datasite, Round, SecureSession, SiteUpdate, Study
-from orchestrator.tensors import manifest_of, to_bytes
+from orchestrator.tensors import to_bytes
 from privacy.secagg import DecryptionError, EncryptedShare, KeyAdvert, SecAggClient, SecAggParams
 from privacy.secure_vector import UpdateEncoding, layout_from
-from privacy.strategies import ClientResult, ServerState, aggregate_plain
+from privacy.strategies import ClientResult, aggregate_plain
+from tests.orchestrator.studies import running_study
 
 pytestmark = [pytest.mark.django_db]
 SITES = ("site-a", "site-b", "site-c")
@@ -49,18 +50,7 @@ def fed(settings, tmp_path, django_user_model):
     plan = Plan(
         rounds=2, local_steps=2, aggregation="secagg", min_sites=2, secure={"clip": 0.1, "max_weight": 1000}
     )
-    study = Study.objects.create(
-        title="t",
-        researcher=django_user_model.objects.create_user("rita"),
-        code={},
-        code_sha256="0" * 64,
-        plan=plan.model_dump(),
-        plan_sha256="1" * 64,
-        status="running",
-        current_round=1,
-        manifest=manifest_of(WEIGHTS),
-    )
-    checkpoints.save(study.pk, 0, WEIGHTS, ServerState(strategy="fedavg"))
+    study = running_study(django_user_model.objects.create_user("rita"), plan, WEIGHTS)
     now = timezone.now()
     Round.objects.create(
         study=study, number=1, participants=list(SITES), deadline=now + timedelta(hours=1), last_sent_at=now

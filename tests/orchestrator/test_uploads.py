@@ -12,9 +12,9 @@ from django.utils import timezone
 from common.models import ApiToken
 from orchestrator import checkpoints
 from orchestrator.federation import invite_datasite
-from orchestrator.models import Datasite, Round, SiteUpdate, Study
-from orchestrator.tensors import manifest_of, to_bytes
-from privacy.strategies import ServerState
+from orchestrator.models import Datasite, Round, SiteUpdate
+from orchestrator.tensors import to_bytes
+from tests.orchestrator.studies import running_study
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 WEIGHTS = {"a.weight": np.zeros((4, 3), np.float32), "b.bias": np.zeros(5, np.float32)}
@@ -29,18 +29,7 @@ def running(settings, tmp_path, django_user_model):
         Datasite.objects.filter(pk=site.pk).update(status="joined", url="http://127.0.0.1:9")
         tokens[name] = raw
     rita = django_user_model.objects.create_user("rita")
-    study = Study.objects.create(
-        title="t",
-        researcher=rita,
-        code={},
-        code_sha256="0" * 64,
-        plan={"rounds": 3, "aggregation": "plain"},
-        plan_sha256="1" * 64,
-        status="running",
-        current_round=1,
-        manifest=manifest_of(WEIGHTS),
-    )
-    checkpoints.save(study.pk, 0, WEIGHTS, ServerState())
+    study = running_study(rita, {"rounds": 3, "aggregation": "plain"}, WEIGHTS)
     Round.objects.create(
         study=study, number=1, participants=["site-a", "site-b"], deadline=timezone.now() + timedelta(hours=1)
     )
