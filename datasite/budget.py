@@ -1,8 +1,11 @@
 """The privacy budget of each dataset: its :class:`privacy.ledger.Ledger`, kept as ``LedgerEntry`` rows.
 
-The ledger decides (reserve at approval, refuse a round, charge per round, release) and
+The ledger decides (reserve at approval, claim each round before it runs, release) and
 composes ε, never adding it; this module loads a dataset's rows into it and persists what it
-decided. Locking is the caller's: reserve inside a transaction holding the dataset's row lock.
+decided. Every decision is taken and written under the dataset's row lock (``SELECT … FOR
+UPDATE`` on PostgreSQL, the write lock ``BEGIN IMMEDIATE`` takes on SQLite), so two studies'
+approvals or rounds on one dataset serialise and the second sees what the first wrote:
+:func:`claim` takes it itself, :func:`reserve`'s caller holds it.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from django.db import transaction
+
 from common.protocol import Plan
 from datasite.models import Dataset, LedgerEntry
 from privacy.accounting import Mechanism
-from privacy.ledger import BudgetExceeded, Entry, Ledger
+from privacy.ledger import BudgetExceeded, Entry, Ledger, RoundRefused
 
 
 class BudgetError(Exception):
@@ -105,14 +110,25 @@ def reserve(dataset: Dataset, study: str, mechanism: Mechanism, rounds: int) -> 
     return ledger.committed()
 
 
-def round_refusal(dataset: Dataset, study: str, mechanism: Mechanism) -> str | None:
-    """Why one more round of ``study`` may not run on ``dataset``, or None when it may."""
-    why = load_ledger(dataset).round_refusal(study, mechanism)
-    return f"dataset {dataset.name}: {why}" if why else None
+def claim(dataset: Dataset, study: str, round_number: int, mechanism: Mechanism) -> bool:
+    """Claim one round's budget before it touches data: check and charge it in one transaction
+    holding the dataset's row lock (the rules: :meth:`privacy.ledger.Ledger.round_refusal`).
+
+    True when charged now, False when a retry finds the round charged already; BudgetError with
+    the reason when refused, and nothing is written.
+    """
+    with transaction.atomic():
+        locked = Dataset.objects.select_for_update().get(pk=dataset.pk)
+        try:
+            entry = load_ledger(locked).claim(study, round_number, mechanism)
+        except RoundRefused as exc:
+            raise BudgetError(f"dataset {locked.name}: {exc}") from exc
+        return entry is not None and _save(locked, entry)
 
 
 def charge(dataset: Dataset, study: str, round_number: int, mechanism: Mechanism) -> bool:
-    """Record a finished round's mechanism; False if this round was already charged."""
+    """Record a round's mechanism unchecked (what ran is spent; :func:`claim` checks first);
+    False if this round was already charged."""
     entry = load_ledger(dataset).charge(study, round_number, mechanism)
     return entry is not None and _save(dataset, entry)
 

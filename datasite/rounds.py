@@ -2,9 +2,13 @@
 
 The round task (:mod:`datasite.tasks`) calls :func:`execute_round`; it is idempotent by
 (study, round): a redelivered task that finds the round done re-sends the stored result and
-trains nothing twice. Before touching data it re-checks the approval, the pinned hashes, the
-budget and consent; the privacy budget is charged once per round. How the result leaves
-depends on the study's aggregation mode (:mod:`datasite.modes`).
+trains nothing twice. Before touching data, in one transaction holding the approval's and the
+dataset's row locks, it re-checks the approval, the pinned hashes and consent, and claims the
+round's privacy budget (:func:`check_and_claim`): checked and charged together, once per round,
+so no other study's round or approval can slip in between; a round that then fails stays
+charged (what was claimed is spent; a retry reuses the charge and the same DP noise), a refused
+round charges nothing. How the result leaves depends on the study's aggregation mode
+(:mod:`datasite.modes`).
 """
 
 from __future__ import annotations
@@ -130,34 +134,47 @@ class _LeaseKeeper(threading.Thread):
             close_old_connections()
 
 
-def _checks(run: RoundRun) -> tuple[CodeRequest, Plan, Dataset, EpisodeSplit, Mechanism]:
-    """Before touching data: approval, pinned hashes, budget, consent."""
-    request = CodeRequest.objects.get(pk=run.request_id)
-    if request.status != CodeRequest.Status.APPROVED:
-        raise Forbidden(f"approval is {request.status}: this site does not run the study any more")
-    verified_code(request)
-    if (
-        run.assignment["code_sha256"] != request.code_sha256
-        or run.assignment["plan_sha256"] != request.plan_sha256
-    ):
-        raise Forbidden("the round's code or plan differs from the approved ones")
-    plan = plan_of(request)
-    if plan_sha256(plan) != request.plan_sha256:
-        raise Forbidden("the stored plan no longer matches its approved SHA-256")
-    ds = request.datasets.get()
-    split = split_episodes(ds, plan)
-    if not split.train:
-        raise Forbidden(f"dataset {ds.name}: no episode has consent for {plan.purpose!r}")
-    mech = budget.round_mechanism(plan, training_units(ds, plan, split))
-    if not run.eval_only:
-        refusal = budget.round_refusal(ds, run.study, mech)
-        if refusal:
-            raise Forbidden(refusal)
+def check_and_claim(run: RoundRun) -> tuple[CodeRequest, Plan, Dataset, EpisodeSplit, Mechanism]:
+    """Before touching data, in one transaction: approval, pinned hashes, consent, and (unless the
+    round only evaluates) its budget claimed with the mechanism it will run (:func:`budget.claim`).
+
+    Forbidden with the reason when any fails; then nothing is charged.
+    """
+    with transaction.atomic():
+        request = CodeRequest.objects.select_for_update().get(pk=run.request_id)  # revocation waits
+        if request.status != CodeRequest.Status.APPROVED:
+            raise Forbidden(f"approval is {request.status}: this site does not run the study any more")
+        verified_code(request)
+        if (
+            run.assignment["code_sha256"] != request.code_sha256
+            or run.assignment["plan_sha256"] != request.plan_sha256
+        ):
+            raise Forbidden("the round's code or plan differs from the approved ones")
+        plan = plan_of(request)
+        if plan_sha256(plan) != request.plan_sha256:
+            raise Forbidden("the stored plan no longer matches its approved SHA-256")
+        ds = request.datasets.get()
+        split = split_episodes(ds, plan)
+        if not split.train:
+            raise Forbidden(f"dataset {ds.name}: no episode has consent for {plan.purpose!r}")
+        mech = budget.round_mechanism(plan, training_units(ds, plan, split))
+        if not run.eval_only:
+            try:
+                charged = budget.claim(ds, run.study, run.round, mech)
+            except budget.BudgetError as exc:
+                raise Forbidden(str(exc)) from exc
+            if charged:
+                trail.record(
+                    "budget.charged",
+                    trail.SYSTEM,
+                    f"dataset:{ds.name}",
+                    {"study": run.study, "round": run.round, "mechanism": mech.to_dict()},
+                )
     return request, plan, ds, split, mech
 
 
 def execute_round(run_id: int) -> None:
-    """The round task: re-check, train (or evaluate), store, charge once, upload."""
+    """The round task: re-check and claim the budget, train (or evaluate), store, upload."""
     run = _claim(run_id)
     if run is None:
         upload_result(RoundRun.objects.get(pk=run_id))
@@ -187,7 +204,7 @@ def execute_round(run_id: int) -> None:
         return
     finally:
         keeper.stop.set()
-    metrics, episodes_read, num_examples, mechanism, ds = outcome
+    metrics, episodes_read, num_examples, _, ds = outcome
     with transaction.atomic():
         run = RoundRun.objects.select_for_update().get(pk=run.pk)
         if run.status == RoundRun.Status.DONE:  # a duplicate finished first: keep its result
@@ -198,13 +215,6 @@ def execute_round(run_id: int) -> None:
             f"dataset:{ds.name}",
             {"study": run.study, "round": run.round, "episodes": episodes_read},
         )
-        if mechanism is not None and budget.charge(ds, run.study, run.round, mechanism):
-            trail.record(
-                "budget.charged",
-                trail.SYSTEM,
-                f"dataset:{ds.name}",
-                {"study": run.study, "round": run.round, "mechanism": mechanism.to_dict()},
-            )
         metrics["epsilon_spent"] = budget.view(ds).spent
         metrics["dataset"] = ds.name
         run.status = RoundRun.Status.DONE
@@ -246,11 +256,11 @@ def train_round(run: RoundRun):
 
     if settings.FEDSILO_TORCH_THREADS:
         torch.set_num_threads(settings.FEDSILO_TORCH_THREADS)
-    request, plan, ds, split, mech = _checks(run)
+    request, plan, ds, split, mech = check_and_claim(run)
     folder = round_dir(run.study, run.round)
     global_weights = load_safetensors((folder / "global.safetensors").read_bytes())
     norm_stats = run.assignment["norm_stats"]
-    code = verified_code(request)  # the exact bundle _checks verified
+    code = verified_code(request)  # the exact bundle check_and_claim verified
     heldout = (
         evaluate(
             global_weights, None, None, Path(ds.root), split.holdout, norm_stats, seed=plan.seed, code=code

@@ -2,15 +2,17 @@
 
 A study's life on one dataset: approving it *reserves* its whole plan, refused when the
 composed ε of everything charged, everything still reserved and the plan would exceed ε_max;
-a round may start only while its study holds a reservation with steps left and the round fits
-the budget on top of what is charged (:meth:`Ledger.round_refusal`); each round that ran is
-*charged*, once, whatever happened meanwhile (what ran is spent); cancelling or revoking the
-study *releases* what it reserved and did not use.
+each round *claims* its budget before it touches data (:meth:`Ledger.claim`): it is checked
+against its study's reservation and the whole ledger (:meth:`Ledger.round_refusal`) and, in the
+same step, charged, once; a claimed round is spent whatever happens next (what was claimed is
+spent), a refused one leaves no entry; cancelling or revoking the study *releases* what it
+reserved and did not use.
 
 ε is composed with :func:`privacy.accounting.epsilon` from the whole history, never added:
 *spent* composes the charges, *committed* the charges and what is still reserved (a
 reservation counts for its steps not yet charged, until it is released). The ledger is pure:
-it decides, and whoever keeps its entries (a datasite's database) persists what it decided.
+it decides, and whoever keeps its entries (a datasite's database) persists what it decided,
+under a lock held from the decision to the write.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ class EpsilonPoint:
     at: datetime | None
     spent: float
     committed: float
+
+
+class RoundRefused(ValueError):
+    """A round may not start (the message says why); nothing was charged."""
 
 
 class BudgetExceeded(ValueError):
@@ -157,23 +163,58 @@ class Ledger:
             raise BudgetExceeded(eps, self.committed(), self.epsilon_max)
         return self._append(Entry(RESERVE, study, plan, at=at))
 
-    def round_refusal(self, study: str, mechanism: Mechanism) -> str | None:
-        """Why one more round of ``study`` running ``mechanism`` may not start, or None when it may."""
+    def round_refusal(self, study: str, mechanism: Mechanism, round: int | None = None) -> str | None:
+        """Why one more round of ``study`` running ``mechanism`` may not start, or None when it may.
+
+        The rules, in order: the study holds a reservation not released; a round already charged
+        (a retry: ``round`` given) runs again only with the mechanism it was charged for, and
+        costs nothing more; the round's steps fit the steps its reservation has left and its
+        privacy unit is the reserved one; and the committed ε once it is charged (every charge,
+        this round, every study's reserved steps not yet charged, its own less this round's)
+        stays within ε_max. A round at the reserved σ and q (or a larger σ, a smaller q) never
+        raises the committed ε; one whose q grew (consent withdrawn since approval) or whose σ
+        shrank runs only while the committed ε still fits, and is refused naming what changed.
+        """
         mine = [e for e in self.entries if e.study == study]
-        reservation = next((e for e in mine if e.kind == RESERVE), None)
-        if reservation is None or any(e.kind == RELEASE for e in mine):
+        reserved = next((e.mechanism for e in mine if e.kind == RESERVE), None)
+        if reserved is None or any(e.kind == RELEASE for e in mine):
             return "no active budget reservation for this study"
-        used = sum(e.mechanism.steps for e in mine if e.kind == CHARGE)
-        if reservation.mechanism.steps - used < mechanism.steps:
+        charges = [e for e in mine if e.kind == CHARGE]
+        if round is not None and (done := next((e.mechanism for e in charges if e.round == round), None)):
+            if done == mechanism:
+                return None
+            return f"round {round} was charged for {_shown(done)}: it may not run with {_shown(mechanism)}"
+        left = reserved.steps - sum(e.mechanism.steps for e in charges)
+        if left <= 0:
             return "the study's reserved budget is used up"
-        if self._epsilon([*self.charged(), mechanism]) > self.epsilon_max:
+        if mechanism.steps > left:
+            return f"steps: this round needs {mechanism.steps}, the reservation has {left} left"
+        if mechanism.unit != reserved.unit:
+            return f"privacy unit: approved {reserved.unit}, now {mechanism.unit}"
+        after = [*self.entries, Entry(CHARGE, study, mechanism, round=round)]
+        eps = self._epsilon(_charged(after) + _outstanding(after))
+        if eps <= self.epsilon_max:
+            return None
+        changed = _costlier(reserved, mechanism)
+        if not changed:
             return f"this round would exceed the budget {self.epsilon_max:g}"
-        return None
+        return (
+            f"{'; '.join(changed)} since approval, and this round would bring the committed ε "
+            f"to {eps:.4g}, over the budget {self.epsilon_max:g}"
+        )
+
+    def claim(self, study: str, round: int, mechanism: Mechanism, at: datetime | None = None) -> Entry | None:
+        """Check one round (:meth:`round_refusal`) and charge it before it runs: RoundRefused with
+        the reason when it may not run (nothing appended); None when a retry finds it charged."""
+        if why := self.round_refusal(study, mechanism, round):
+            raise RoundRefused(why)
+        return self.charge(study, round, mechanism, at)
 
     def charge(
         self, study: str, round: int, mechanism: Mechanism, at: datetime | None = None
     ) -> Entry | None:
-        """Charge a round that ran (never refused: what ran is spent); None if it was charged already."""
+        """Charge a round, unchecked (what ran is spent; :meth:`claim` checks first); None if it
+        was charged already."""
         if any(e.kind == CHARGE and (e.study, e.round) == (study, round) for e in self.entries):
             return None
         return self._append(Entry(CHARGE, study, mechanism, round=round, at=at))
@@ -264,6 +305,22 @@ def _outstanding(entries: Sequence[Entry]) -> list[Mechanism]:
         for r in entries
         if r.kind == RESERVE and r.study not in released and r.mechanism.steps > used[r.study]
     ]
+
+
+def _shown(m: Mechanism) -> str:
+    return f"σ = {m.noise_multiplier:g}, q = {m.sample_rate:.4g}, {m.steps} steps"
+
+
+def _costlier(approved: Mechanism, now: Mechanism) -> list[str]:
+    """What in ``now`` costs more ε than in ``approved``: a sample rate grown, a noise multiplier shrunk."""
+    changed = []
+    if now.sample_rate > approved.sample_rate:
+        q0, q1 = approved.sample_rate, now.sample_rate
+        changed.append(f"the sample rate grew (approved q = {q0:.4g}, now {q1:.4g})")
+    if now.noise_multiplier < approved.noise_multiplier:
+        s0, s1 = approved.noise_multiplier, now.noise_multiplier
+        changed.append(f"the noise multiplier shrank (approved σ = {s0:g}, now {s1:g})")
+    return changed
 
 
 def _composition(history: list[Mechanism]) -> tuple:

@@ -162,12 +162,13 @@ def test_fifty_concurrent_approvals_reserve_exactly_ten():
 def sqlite_file_database(django_db_setup, django_db_blocker, tmp_path: Path) -> Iterator[None]:
     """The ``default`` alias pointed at a migrated SQLite file with a node's settings, then restored.
 
-    ``code_requests.decide`` uses the default alias, so the alias itself moves: threads open their
-    own connections to the file. The busy timeout is longer than a node's (30 s) only so that a
-    slow CI machine cannot time out the 50th waiter; the locking is the node's.
+    ``code_requests.decide`` (and ``rounds.check_and_claim``, in ``test_budget_race``) use the
+    default alias, so the alias itself moves: threads open their own connections to the file.
+    The busy timeout is longer than a node's (30 s) only so that a slow CI machine cannot time
+    out the 50th waiter; the locking is the node's.
     """
     if connection.vendor != "sqlite":
-        pytest.skip("SQLite only (PostgreSQL runs test_fifty_concurrent_approvals_reserve_exactly_ten)")
+        pytest.skip("SQLite only (the PostgreSQL pass runs the same race on its test database)")
     saved_settings, saved_connection = connections.settings["default"], connections["default"]
     assert saved_settings["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
     options = {**saved_settings["OPTIONS"], "timeout": 120}

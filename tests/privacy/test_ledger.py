@@ -1,16 +1,28 @@
 """The privacy budget ledger: reservations, charges, releases and ε over time, composed, never added.
 
 Known values: σ = 1, q = 256/10 000 for 2000 steps (``REFERENCE``) is ε ≈ 8.13 (RDP) and
-≈ 7.46 (PRV) at δ = 1e-5; 1000 steps (``HALF``) is ε ≈ 5.66 (RDP).
+≈ 7.46 (PRV) at δ = 1e-5; 1000 steps (``HALF``) is ε ≈ 5.66 (RDP). A round of 500 steps with
+σ = 1 composed with 1500 steps at q: at q × 1.1 ε ≈ 8.38, at q × 1.5 ε ≈ 9.53 (7.43 with only
+500 steps at q, 6.23 alone); with σ = 0.9 ε ≈ 8.68.
 """
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from privacy.accounting import Mechanism, epsilon
-from privacy.ledger import CHARGE, RELEASE, RESERVE, BudgetExceeded, Entry, EpsilonPoint, Ledger
+from privacy.ledger import (
+    CHARGE,
+    RELEASE,
+    RESERVE,
+    BudgetExceeded,
+    Entry,
+    EpsilonPoint,
+    Ledger,
+    RoundRefused,
+)
 
 Q = 256 / 10_000
 DELTA = 1e-5
@@ -70,6 +82,87 @@ def test_a_round_that_would_exceed_the_budget_is_refused():
     ledger = Ledger(epsilon_max=7.5, delta=DELTA, entries=[Entry(RESERVE, "a", HALF)])
     assert ledger.charge("b", 1, Mechanism(1.0, Q, 1500)) is not None
     assert ledger.round_refusal("a", Mechanism(1.0, Q, 500)) == "this round would exceed the budget 7.5"
+
+
+def two_studies(epsilon_max: float = 8.5) -> Ledger:
+    """Studies a and b each reserve 1000 steps at σ = 1, q = Q: committed ε ≈ 8.13."""
+    ledger = Ledger(epsilon_max=epsilon_max, delta=DELTA)
+    ledger.reserve("a", HALF)
+    ledger.reserve("b", HALF)
+    assert ledger.committed() == pytest.approx(8.13, abs=0.01)
+    return ledger
+
+
+def test_a_round_is_claimed_once_and_a_retry_reuses_its_charge():
+    ledger = two_studies()
+    round_mech = Mechanism(1.0, Q, 500)
+    assert ledger.claim("a", 1, round_mech) == Entry(CHARGE, "a", round_mech, round=1)
+    assert ledger.spent() == pytest.approx(epsilon([round_mech], DELTA), rel=1e-9)
+    assert ledger.committed() == pytest.approx(8.13, abs=0.01)  # reserved steps turned spent
+    assert ledger.claim("a", 1, round_mech) is None  # a retry: charged already, nothing new
+    assert len(ledger.entries) == 3
+    grown = Mechanism(1.0, Q * 1.1, 500)
+    with pytest.raises(RoundRefused, match=re.escape("round 1 was charged for σ = 1, q = 0.0256, 500 steps")):
+        ledger.claim("a", 1, grown)  # a retry on other data would release something new
+    assert ledger.claim("a", 2, round_mech) is not None
+    assert ledger.round_refusal("a", round_mech, round=2) is None  # round 2's retry
+    with pytest.raises(RoundRefused, match=r"^the study's reserved budget is used up$"):
+        ledger.claim("a", 3, round_mech)
+    with pytest.raises(RoundRefused, match=r"^no active budget reservation for this study$"):
+        ledger.claim("c", 1, round_mech)
+    assert len(ledger.entries) == 4  # refused claims append nothing
+
+
+def test_a_round_may_not_exceed_its_reserved_steps_nor_change_its_unit():
+    ledger = two_studies()
+    ledger.claim("a", 1, Mechanism(1.0, Q, 700))
+    assert ledger.round_refusal("a", Mechanism(1.0, Q, 500)) == (
+        "steps: this round needs 500, the reservation has 300 left"
+    )
+    frame = Mechanism(1.0, Q / 10, 300, unit="frame")  # cheaper, but it protects less
+    assert ledger.round_refusal("a", frame) == "privacy unit: approved episode, now frame"
+    assert ledger.round_refusal("a", Mechanism(1.0, Q, 300)) is None
+
+
+def test_a_round_whose_sample_rate_grew_runs_only_while_the_committed_epsilon_fits():
+    # consent withdrawn since approval: fewer units, so q grew; its round is checked on top of
+    # every charge and every study's outstanding reservation (its own less this round)
+    ledger = two_studies(epsilon_max=8.5)
+    slightly = Mechanism(1.0, Q * 1.1, 500)
+    assert ledger.round_refusal("a", slightly) is None  # 500 @ 1.1q + 1500 @ q: ε ≈ 8.38 ≤ 8.5
+    ledger.claim("a", 1, slightly)
+    assert ledger.committed() == pytest.approx(8.38, abs=0.01) and ledger.committed() <= 8.5
+    much = Mechanism(1.0, Q * 1.5, 500)
+    ledger = two_studies(epsilon_max=8.5)
+    why = ledger.round_refusal("a", much)  # 500 @ 1.5q + 1500 @ q: ε ≈ 9.53 > 8.5
+    assert why == (
+        "the sample rate grew (approved q = 0.0256, now 0.0384) since approval, and this round "
+        "would bring the committed ε to 9.534, over the budget 8.5"
+    )
+    with pytest.raises(RoundRefused, match="sample rate grew"):
+        ledger.claim("a", 1, much)
+    assert len(ledger.entries) == 2
+    # b's reservation counts: without it the round would fit (ε ≈ 7.43 ≤ 8.5)
+    alone = Ledger(epsilon_max=8.5, delta=DELTA, entries=[Entry(RESERVE, "a", HALF)])
+    assert alone.round_refusal("a", much) is None
+    assert alone.claim("a", 1, much) is not None
+    assert alone.committed() == pytest.approx(7.43, abs=0.01)
+
+
+def test_a_round_whose_noise_shrank_is_refused_when_it_does_not_fit():
+    ledger = two_studies(epsilon_max=8.5)
+    assert ledger.round_refusal("a", Mechanism(0.9, Q, 500)) == (
+        "the noise multiplier shrank (approved σ = 1, now 0.9) since approval, and this round "
+        "would bring the committed ε to 8.683, over the budget 8.5"
+    )
+    both = ledger.round_refusal("a", Mechanism(0.9, Q * 1.5, 500))
+    assert both is not None and both.startswith(
+        "the sample rate grew (approved q = 0.0256, now 0.0384); "
+        "the noise multiplier shrank (approved σ = 1, now 0.9)"
+    )
+    assert two_studies(epsilon_max=8.7).round_refusal("a", Mechanism(0.9, Q, 500)) is None
+    safer = Mechanism(1.2, Q / 2, 500)  # more noise, a smaller q: never refused for its cost
+    assert ledger.round_refusal("a", safer) is None
 
 
 def test_release_frees_what_was_not_used():
