@@ -12,7 +12,8 @@ class AuditConfig(AppConfig):
         from django.core import checks
 
         from audit import signals
-        from audit.trail import check_sqlite_transaction_mode
+        from audit.trail import check_signing_key_outside, check_sqlite_transaction_mode
 
         signals.connect()
         checks.register(check_sqlite_transaction_mode)
+        checks.register(check_signing_key_outside)

@@ -103,3 +103,27 @@ class AuditEvent(models.Model):
     def signed_payload(self) -> dict[str, str]:
         """What the signature covers: the hash, with a domain tag so it means nothing elsewhere."""
         return {"type": SIGNATURE_DOMAIN, "hash": self.hash}
+
+
+class PeerHead(models.Model):
+    """A peer node's signed audit head as this node received it (see :mod:`audit.peers`).
+
+    One row per peer and ``seq``: the heads a peer showed, highest last, so that the peer can
+    later ask what it showed (``GET /api/audit/heads/mine``) and find its own tail cut or rewritten.
+    """
+
+    peer = models.CharField(max_length=100)  # "datasite:site-a", "orchestrator:orch"
+    node = models.CharField(max_length=150)  # the name the head itself carries
+    seq = models.PositiveBigIntegerField()
+    hash = models.CharField(max_length=64)
+    at = models.DateTimeField()  # when the peer signed it
+    signature = models.CharField(max_length=100)  # Ed25519 by the peer's pinned key, base64
+    signer_key = models.CharField(max_length=64)  # the pinned key it verified under
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["peer", "seq"]
+        constraints = [models.UniqueConstraint(fields=["peer", "seq"], name="audit_peerhead_one_per_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.peer} #{self.seq} {self.hash[:12]}"

@@ -11,7 +11,9 @@ the hash is signed with the node's Ed25519 key. :func:`verify_chain` (and
 ``manage.py verify_audit``) walks the chain in constant memory and names the first problem.
 
 A hash chain cannot see its own tail cut off: publish or sign the head hash (reports do) and
-pass it back as ``anchor`` to check that nothing up to it went missing.
+pass it back as ``anchor`` to check that nothing up to it went missing. Every message to a peer
+node carries the signed head (:mod:`audit.heads`), the peers keep what they saw
+(:mod:`audit.peers`) and ``verify_audit --peers`` checks the chain against it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -44,23 +47,24 @@ MAX_ACTOR, MAX_ACTION, MAX_TARGET = 150, 100, 200
 # pg_advisory_xact_lock key: serialises appends on PostgreSQL until the appending transaction ends.
 _PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"fedsilo.audit.trail").digest()[:8], "big", signed=True)
 
-_keys: dict[str | None, Ed25519PrivateKey] = {}
+_keys: dict[tuple[str | None, str | None], Ed25519PrivateKey] = {}
 _keys_lock = threading.Lock()
 
 
 def signing_key() -> Ed25519PrivateKey:
-    """The node's Ed25519 signing key, loaded once per process.
+    """The node's Ed25519 signing key (``FEDSILO_SIGNING_KEY_FILE`` or the folder's), loaded once.
 
     Without a node folder (unit tests, one-off commands) this is an *ephemeral* key made once
     per process: events it signs verify against their stored ``signer_key``, but no one can
     tell them from a forger's, so a real node always has a folder.
     """
     node_dir = str(settings.NODE_DIR) if settings.NODE_DIR else None
+    key_file = settings.FEDSILO_SIGNING_KEY_FILE
     with _keys_lock:
-        if node_dir not in _keys:
-            node = load_node(node_dir)
-            _keys[node_dir] = node.signing_key() if node else Ed25519PrivateKey.generate()
-        return _keys[node_dir]
+        if (node_dir, key_file) not in _keys:
+            node = load_node(node_dir, key_file)
+            _keys[node_dir, key_file] = node.signing_key() if node else Ed25519PrivateKey.generate()
+        return _keys[node_dir, key_file]
 
 
 def public_key_b64(key: Ed25519PrivateKey) -> str:
@@ -72,6 +76,11 @@ def public_key_b64(key: Ed25519PrivateKey) -> str:
 def node_public_key() -> str | None:
     """This node's own signing public key, or None without a node folder."""
     return public_key_b64(signing_key()) if settings.NODE_DIR else None
+
+
+def allowed_signers_setting() -> list[str]:
+    """Earlier (rotated) signing keys of this node: ``FEDSILO_AUDIT_ALLOWED_SIGNERS``."""
+    return list(settings.FEDSILO_AUDIT_ALLOWED_SIGNERS)
 
 
 def actor_name(actor: Any) -> str:
@@ -157,7 +166,35 @@ def record(
         event.hash = event.compute_hash()
         event.signature = sign(key, event.signed_payload())
         event.save(using=using)
+        transaction.on_commit(PendingEvent(seq), using=using)
     return event
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """Marks an appended event in its transaction's on-commit queue until that transaction ends.
+
+    :func:`committed_head` reads the queue: a head shown to a peer must never name an event
+    that may still roll back (the peer would then hold a hash this chain never had).
+    """
+
+    seq: int
+
+    def __call__(self) -> None:
+        """Committed: nothing to do; the marker leaves the queue with its transaction."""
+
+
+def committed_head(using: str = DEFAULT_DB_ALIAS) -> tuple[int, str]:
+    """``(seq, hash)`` of the last *committed* event (``(0, GENESIS_HASH)`` for none).
+
+    Inside a transaction that appended events, the head before the first of them: the append
+    lock held since then means every earlier event is committed.
+    """
+    pending = [f.seq for _, f, _ in connections[using].run_on_commit if isinstance(f, PendingEvent)]
+    events = AuditEvent.objects.using(using)
+    if pending:
+        events = events.filter(seq__lt=min(pending))
+    return events.order_by("-seq").values_list("seq", "hash").first() or (0, GENESIS_HASH)
 
 
 @dataclass
@@ -180,6 +217,7 @@ def verify_chain(
     anchor: str | None = None,
     progress: Callable[[int], Any] | None = None,
     *,
+    allowed_signers: Iterable[str] = (),
     using: str = DEFAULT_DB_ALIAS,
 ) -> ChainReport:
     """Walk the chain in ``seq`` order (streaming) and report the first problem.
@@ -187,12 +225,15 @@ def verify_chain(
     Per event, in this order: a gap in ``seq`` ("missing event"), a ``prev_hash`` that is
     not the previous event's hash ("reordered" when it is the hash of another stored event,
     else "broken link"), a stored hash that is not the content's ("hash mismatch"), a
-    signature that does not verify under the stored ``signer_key`` ("bad signature").
-    With a node folder, events signed by another key than the node's are warned about.
+    signature that does not verify under the stored ``signer_key`` ("bad signature"), and,
+    with a node folder, a signer other than the node's pinned key ("foreign signer"): whoever
+    rewrites the log with a key of their own must not pass. Earlier keys of this node
+    (``allowed_signers`` and the setting ``FEDSILO_AUDIT_ALLOWED_SIGNERS``) pass with a warning.
     ``anchor``: a head hash seen earlier; the chain must still contain it.
     ``progress`` is called with 1 per event read.
     """
     own_key = node_public_key()
+    rotated = {*allowed_signers, *allowed_signers_setting()}
     prev_seq, prev_hash, count = 0, GENESIS_HASH, 0
     foreign, first_foreign = 0, None
     anchor_seen = anchor is None or anchor == GENESIS_HASH
@@ -218,6 +259,10 @@ def verify_chain(
         elif not verify(event.signer_key, event.signed_payload(), event.signature):
             problem_seq = event.seq
             problem = f"seq {event.seq}: bad signature"
+        elif own_key and event.signer_key not in (own_key, *rotated):
+            problem_seq = event.seq
+            problem = (f"seq {event.seq}: foreign signer (signed by {event.signer_key}, not by this "
+                       f"node's key nor an allowed earlier one: a rewritten log)")
         if problem:
             break
         if own_key and event.signer_key != own_key:
@@ -231,8 +276,20 @@ def verify_chain(
     warnings = []
     if foreign:
         warnings.append(f"{foreign} event(s) signed by a key that is not this node's signing key "
-                        f"(first at seq {first_foreign}): a rotated key, or a rewritten log")
+                        f"(first at seq {first_foreign}): an allowed earlier (rotated) key")
     return ChainReport(problem is None, count, prev_hash, problem, problem_seq, warnings)
+
+
+def check_signing_key_outside(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """System check: with ``FEDSILO_SIGNING_KEY_FILE`` the node folder should hold no signing key."""
+    left = Path(settings.NODE_DIR) / "keys" / "signing.pem" if settings.NODE_DIR else None
+    if not (settings.FEDSILO_SIGNING_KEY_FILE and left and left.exists()):
+        return []
+    return [checks.Warning(
+        f"FEDSILO_SIGNING_KEY_FILE is set but {left} still exists",
+        hint="whoever can read the node folder could re-sign its audit log: remove that copy",
+        id="audit.W002",
+    )]
 
 
 def check_sqlite_transaction_mode(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

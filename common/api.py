@@ -36,7 +36,7 @@ def require_role(request: HttpRequest, *roles: str) -> None:
 
 def this_node() -> NodeInfo:
     """This node's public description (needs a node folder)."""
-    node = load_node(settings.NODE_DIR)
+    node = load_node(settings.NODE_DIR, settings.FEDSILO_SIGNING_KEY_FILE)
     if node is None:
         raise HttpError(503, "this process runs without a node folder (set FEDSILO_NODE_DIR)")
     return NodeInfo(name=node.name, role=node.role, url=node.public_url, **node.public_keys())

@@ -4,7 +4,8 @@ Layout::
 
     node.json           role, name, public URL, database URL (if not SQLite), peers
     secret_key          Django secret key (0600)
-    keys/signing.pem    Ed25519 long-term signing key (0600)
+    keys/signing.pem    Ed25519 long-term signing key (0600); it may live outside the folder
+                        instead (``signing_key_file``, the setting ``FEDSILO_SIGNING_KEY_FILE``)
     keys/kex.pem        X25519 long-term key-agreement key (0600)
     data/               the site's datasets and artefacts
     db.sqlite3          the default database
@@ -46,6 +47,7 @@ class NodeConfig:
     name: str
     public_url: str
     database_url: str = ""
+    signing_key_file: Path | None = None  # None: keys/signing.pem in the folder
 
     @property
     def data_dir(self) -> Path:
@@ -63,7 +65,8 @@ class NodeConfig:
         return (self.dir / "secret_key").read_text().strip()
 
     def signing_key(self) -> Ed25519PrivateKey:
-        key = serialization.load_pem_private_key((self.dir / "keys/signing.pem").read_bytes(), None)
+        path = self.signing_key_file or self.dir / "keys/signing.pem"
+        key = serialization.load_pem_private_key(path.read_bytes(), None)
         assert isinstance(key, Ed25519PrivateKey)
         return key
 
@@ -81,8 +84,14 @@ class NodeConfig:
         }
 
 
-def load_node(node_dir: str | os.PathLike | None) -> NodeConfig | None:
-    """Read a node folder, or return None when no folder is given."""
+def load_node(
+    node_dir: str | os.PathLike | None, signing_key_file: str | os.PathLike | None = None
+) -> NodeConfig | None:
+    """Read a node folder, or return None when no folder is given.
+
+    ``signing_key_file``: the node's signing key kept outside the folder (so that whoever can
+    change the folder's database cannot also re-sign its audit log with the folder's key).
+    """
     if not node_dir:
         return None
     path = Path(node_dir).resolve()
@@ -92,6 +101,9 @@ def load_node(node_dir: str | os.PathLike | None) -> NodeConfig | None:
             f"{path} is not a fedsilo node (no {CONFIG_FILE}); "
             "create one with: python manage.py init_node --role ROLE --name NAME --dir DIR"
         )
+    key_file = Path(signing_key_file).resolve() if signing_key_file else None
+    if key_file is not None and not key_file.is_file():
+        raise NodeError(f"signing key file {key_file} does not exist (FEDSILO_SIGNING_KEY_FILE)")
     data = json.loads(config.read_text())
     return NodeConfig(
         dir=path,
@@ -99,6 +111,7 @@ def load_node(node_dir: str | os.PathLike | None) -> NodeConfig | None:
         name=data["name"],
         public_url=data["public_url"],
         database_url=data.get("database_url", ""),
+        signing_key_file=key_file,
     )
 
 

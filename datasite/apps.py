@@ -6,7 +6,10 @@ class DatasiteConfig(AppConfig):
     name = "datasite"
 
     def ready(self) -> None:
+        from audit import peers
         from compliance import providers
+        from datasite.orchestrator_client import ORCHESTRATOR_PEERS
         from datasite.reports import DatasiteReport
 
         providers.register("datasite", DatasiteReport)
+        peers.register(ORCHESTRATOR_PEERS)

@@ -16,10 +16,9 @@ from common.protocol import Heartbeat, JoinRequest, JoinResponse, NodeInfo
 from common.roles import PEER_NODE
 from common.signing import sign
 from datasite.models import OrchestratorLink
-from datasite.orchestrator_client import OrchestratorClient, OrchestratorError
+from datasite.orchestrator_client import ORCHESTRATOR_ACCOUNT, OrchestratorClient, OrchestratorError
 
 log = logging.getLogger(__name__)
-ORCHESTRATOR_ACCOUNT = "node.orchestrator"
 CALLBACK_TOKEN_LIFETIME = timedelta(days=365)
 
 
@@ -29,7 +28,7 @@ class JoinError(Exception):
 
 def join(orchestrator_url: str, token: str, timeout: float = 15.0) -> OrchestratorLink:
     """Register this datasite with an orchestrator, exchanging URLs and public keys."""
-    node = load_node(settings.NODE_DIR)
+    node = load_node(settings.NODE_DIR, settings.FEDSILO_SIGNING_KEY_FILE)
     if node is None or node.role != "datasite":
         raise JoinError("join runs at a datasite: set FEDSILO_NODE_DIR to a datasite node folder")
     existing = OrchestratorLink.objects.first()

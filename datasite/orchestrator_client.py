@@ -6,19 +6,27 @@ Retries: a GET is idempotent and is retried while the orchestrator is unreachabl
 deadline (``until``), and the orchestrator answers a repeat with 409 "... already ...", which
 then counts as delivered (an earlier attempt arrived and only its answer was lost). Every
 failure is one :class:`OrchestratorError`: refused (``http_status`` set) or unreachable.
+
+Every request carries this node's signed audit head (:mod:`audit.heads`);
+:data:`ORCHESTRATOR_PEERS` tells the audit layer that the joined orchestrator is its peer.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from functools import partial
+from typing import Any
 
 import httpx
 
+from audit.heads import add_head_header
+from audit.peers import Peer, PeerUnreachable
 from common.errors import ServiceError
 from datasite.models import OrchestratorLink
 
 log = logging.getLogger(__name__)
+ORCHESTRATOR_ACCOUNT = "node.orchestrator"  # the account the orchestrator calls this site as
 
 
 class OrchestratorError(ServiceError):
@@ -60,7 +68,10 @@ class OrchestratorClient:
 
     def __init__(self, url: str, token: str, *, timeout: float = 300.0, pause: float = 0.5):
         self.http = httpx.Client(
-            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            event_hooks={"request": [add_head_header]},
         )
         self.pause = pause  # seconds between retries
 
@@ -120,3 +131,31 @@ def _detail(response: httpx.Response) -> str:
         return str(response.json().get("detail", response.text))
     except (ValueError, AttributeError):
         return response.text[:300]
+
+
+def _orchestrator_heads(link: OrchestratorLink) -> dict:
+    try:
+        with OrchestratorClient(link.url, link.token, timeout=30.0) as client:
+            return client.get("/api/audit/heads/mine").json()
+    except OrchestratorError as exc:
+        raise PeerUnreachable(str(exc)) from exc
+
+
+class OrchestratorPeers:
+    """The datasite's peer for :mod:`audit.peers`: the orchestrator it joined."""
+
+    @staticmethod
+    def _peer(link: OrchestratorLink) -> Peer:
+        return Peer(f"orchestrator:{link.name}", link.signing_key, partial(_orchestrator_heads, link))
+
+    def peer_for(self, user: Any) -> Peer | None:
+        if user.get_username() != ORCHESTRATOR_ACCOUNT:
+            return None
+        link = OrchestratorLink.objects.first()
+        return self._peer(link) if link else None
+
+    def peers(self) -> list[Peer]:
+        return [self._peer(link) for link in OrchestratorLink.objects.all()[:1]]
+
+
+ORCHESTRATOR_PEERS = OrchestratorPeers()

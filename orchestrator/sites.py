@@ -3,15 +3,20 @@
 Every orchestrator→site call is a named method of :class:`SiteClient`. Each method sets its
 own timeout; only idempotent calls (GET) are retried, once, on a broken connection (not on
 a timeout); every failure is a :class:`SiteUnreachable` (status 0: no answer, else the
-site's HTTP status and its ``detail``).
+site's HTTP status and its ``detail``). Every request carries this node's signed audit head
+(:mod:`audit.heads`); :data:`SITE_PEERS` tells the audit layer which datasites are peers.
 """
 
 from __future__ import annotations
 
 import json
+from functools import partial
+from typing import Any
 
 import httpx
 
+from audit.heads import add_head_header
+from audit.peers import Peer, PeerUnreachable
 from orchestrator.models import Datasite
 
 TIMEOUT = 30.0
@@ -35,6 +40,7 @@ class SiteClient:
             base_url=f"{site.url}/api",
             timeout=TIMEOUT,
             headers={"Authorization": f"Bearer {site.callback_token}"},
+            event_hooks={"request": [add_head_header]},
         )
 
     def __enter__(self) -> SiteClient:
@@ -93,6 +99,10 @@ class SiteClient:
             files={"weights": ("global.safetensors", weights, "application/octet-stream")},
         ).json()
 
+    def audit_heads(self) -> dict:
+        """The audit heads of this orchestrator that the site kept (``verify_audit --peers``)."""
+        return self._call("GET", "/audit/heads/mine").json()
+
     # ------------------------------------------------------------------------- secure aggregation
 
     def secure_stats(self, study: str) -> dict:
@@ -118,3 +128,34 @@ class SiteClient:
         return self._call(
             "POST", f"/secure/studies/{study}/rounds/{round_number}/he/decrypt", json=body, timeout=SLOW
         ).content
+
+
+def site_peer(site: Datasite) -> Peer:
+    """A joined datasite as the audit layer sees it: name, pinned key, how to ask it."""
+    return Peer(f"datasite:{site.name}", site.signing_key, partial(_site_heads, site))
+
+
+def _site_heads(site: Datasite) -> dict:
+    try:
+        with SiteClient(site) as client:
+            return client.audit_heads()
+    except SiteUnreachable as exc:
+        raise PeerUnreachable(str(exc)) from exc
+
+
+class SitePeers:
+    """The orchestrator's peers for :mod:`audit.peers`: its joined datasites with a pinned key."""
+
+    @staticmethod
+    def _joined():
+        return Datasite.objects.filter(status=Datasite.Status.JOINED).exclude(signing_key="")
+
+    def peer_for(self, user: Any) -> Peer | None:
+        site = self._joined().filter(account=user).first()
+        return site_peer(site) if site else None
+
+    def peers(self) -> list[Peer]:
+        return [site_peer(site) for site in self._joined()]
+
+
+SITE_PEERS = SitePeers()

@@ -4,6 +4,7 @@ from django.http import HttpRequest
 from ninja import NinjaAPI, Router
 from ninja.errors import ValidationError
 
+from audit.api import router as audit_router
 from common.api import TokenAuth, this_node
 from common.errors import ServiceError
 from common.roles import ALL_ROLES
@@ -38,6 +39,7 @@ def build_api(role: str, routers: list[tuple[str, Router]]) -> NinjaAPI:
         return api.create_response(request, {"detail": str(exc)}, status=exc.status)
 
     api.add_router("", node_router)
+    api.add_router("/audit", audit_router)  # peers' audit heads, on every role
     for prefix, router in routers:
         api.add_router(prefix, router)
     return api

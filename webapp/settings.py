@@ -16,7 +16,10 @@ from common.node import NodeConfig, load_node
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-NODE: NodeConfig | None = load_node(os.environ.get("FEDSILO_NODE_DIR"))
+# the node's signing key may live outside the node folder (then the folder's database cannot be
+# re-signed by whoever can read the folder)
+FEDSILO_SIGNING_KEY_FILE = os.environ.get("FEDSILO_SIGNING_KEY_FILE") or None
+NODE: NodeConfig | None = load_node(os.environ.get("FEDSILO_NODE_DIR"), FEDSILO_SIGNING_KEY_FILE)
 NODE_DIR = NODE.dir if NODE else None
 ROLE = NODE.role if NODE else os.environ.get("FEDSILO_ROLE", "datasite")
 NODE_NAME = NODE.name if NODE else os.environ.get("FEDSILO_NODE_NAME", "local")
@@ -58,6 +61,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "webapp.auth.TokenAuthenticationMiddleware",
+    "audit.middleware.PeerHeadMiddleware",  # records the audit head a peer node sends
     "webapp.auth.AuthenticationRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -141,6 +145,11 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "")
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 
+# audit: earlier signing keys of this node (rotated), base64, comma-separated; events they signed
+# verify with a warning, events signed by any other key than the node's fail verification
+FEDSILO_AUDIT_ALLOWED_SIGNERS = [
+    k.strip() for k in os.environ.get("FEDSILO_AUDIT_ALLOWED_SIGNERS", "").split(",") if k.strip()
+]
 FEDSILO_HEARTBEAT_SECONDS = float(os.environ.get("FEDSILO_HEARTBEAT_SECONDS", "10"))
 FEDSILO_LEASE_SECONDS = float(os.environ.get("FEDSILO_LEASE_SECONDS", "60"))
 # CPU threads for a site's training (0: torch's default); several nodes sharing a few cores want 1

@@ -40,7 +40,7 @@ def approved_he(study: str) -> CodeRequest:
 
 
 def _node():
-    node = load_node(settings.NODE_DIR)
+    node = load_node(settings.NODE_DIR, settings.FEDSILO_SIGNING_KEY_FILE)
     if node is None:
         raise ServiceError("the he mode needs the node folder's long-term keys")
     return node

@@ -182,7 +182,7 @@ def _participate(
             raise SecureAbort("this site already took part in this session (an earlier attempt)")
         params = _verified_params(setup, request, study, number)
         vector = vector_for(setup, params)  # checked against this site's own data before any key is made
-        node = load_node(settings.NODE_DIR)
+        node = load_node(settings.NODE_DIR, settings.FEDSILO_SIGNING_KEY_FILE)
         if node is None:
             raise SecureAbort("secure aggregation needs the node folder's signing key")
         peers = {n: base64.b64decode(k) for n, k in request.site_keys.items() if n in params.sites}

@@ -253,19 +253,24 @@ def test_verify_audit_command(capsys):
 
 
 @db
-def test_node_key_signs_and_foreign_keys_are_warned(settings, tmp_path, capsys):
+def test_node_key_signs_and_allowed_earlier_keys_are_warned(settings, tmp_path, capsys):
+    """A foreign signer fails by default (test_peer_anchoring); one allowed as an earlier key warns."""
     trail.record("test.ephemeral")  # no node folder: the per-process ephemeral key
+    earlier = trail.public_key_b64(trail.signing_key())
     node = create_node(tmp_path / "node", "datasite", "site-a", "http://127.0.0.1:8101")
     settings.NODE_DIR = node.dir
     event = trail.record("test.node")
     assert event.signer_key == node.public_keys()["signing_key"] == trail.node_public_key()
-    report = trail.verify_chain()
+    assert not trail.verify_chain().ok
+    report = trail.verify_chain(allowed_signers=[earlier])
     assert report.ok and report.count == 2
     assert report.warnings and "1 event(s) signed by a key that is not this node's" in report.warnings[0]
-    call_command("verify_audit")
+    call_command("verify_audit", "--allow-signer", earlier)
     assert "warning: 1 event(s)" in capsys.readouterr().err
     with pytest.raises(CommandError, match="--strict"):
-        call_command("verify_audit", "--strict")
+        call_command("verify_audit", "--allow-signer", earlier, "--strict")
+    settings.FEDSILO_AUDIT_ALLOWED_SIGNERS = [earlier]  # the node-wide setting does the same
+    assert trail.verify_chain().warnings == report.warnings
 
 
 @db

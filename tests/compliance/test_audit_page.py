@@ -246,6 +246,7 @@ def test_foreign_signer_is_a_warning(officer, settings, tmp_path):
     from common.node import create_node
 
     trail.record("test.ephemeral")  # signed, like the sign-in, by this process's ephemeral key
+    settings.FEDSILO_AUDIT_ALLOWED_SIGNERS = [trail.public_key_b64(trail.signing_key())]  # else BROKEN
     settings.NODE_DIR = create_node(tmp_path / "node", "datasite", "lab-a", "http://127.0.0.1:8111").dir
     trail.record("test.node")
     page = officer.get(URL).content.decode()

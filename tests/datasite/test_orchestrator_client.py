@@ -10,6 +10,8 @@ from datasite.modes.secure import SecureAbort, send
 from datasite.orchestrator_client import OrchestratorClient, OrchestratorError
 from tests.lossy_server import lossy_server
 
+pytestmark = pytest.mark.django_db  # every request carries the audit head, read from the chain
+
 
 def _send(url: str) -> None:
     with OrchestratorClient(url, "token", timeout=5, pause=0.01) as api:

@@ -8,6 +8,8 @@ from orchestrator.models import Datasite
 from orchestrator.sites import SiteClient, SiteUnreachable
 from tests.lossy_server import lossy_server
 
+pytestmark = pytest.mark.django_db  # every request carries the audit head, read from the chain
+
 
 def site(url: str) -> Datasite:
     return Datasite(name="site-a", url=url, callback_token="token")  # never saved
