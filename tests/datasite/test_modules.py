@@ -349,6 +349,11 @@ def test_the_api_refuses_a_module_that_imports_socket_with_the_line(client, site
         HTTP_AUTHORIZATION=f"Bearer {peer}",
     )
     assert good.status_code == 201, good.content
+    owner = User.objects.create_user("olga")
+    owner.groups.add(Group.objects.get_or_create(name="data_owner")[0])
+    client.force_login(owner)
+    page = client.get(f"/site/requests/{good.json()['study']}/").content.decode()
+    assert "it can build and change the policy" in page and "is not a sandbox" in page
 
 
 @pytest.mark.django_db
