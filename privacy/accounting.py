@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
 
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 UNITS: tuple[str, ...] = ("episode", "frame")
@@ -94,6 +92,8 @@ def epsilon(history: Sequence[Mechanism], delta: float, accountant: str = "rdp")
         return 0.0
     if any(sigma == 0 for sigma, _, _ in merged):
         return math.inf
+    from opacus.accountants import PRVAccountant, RDPAccountant  # imports torch: only when composing
+
     acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
     acc.history = merged
     try:
@@ -163,6 +163,9 @@ def noise_for_epsilon(
 
 def _rdp_floor(history: Sequence[Mechanism], delta: float) -> float:
     """RDP's ε for ``history`` plus a plan with infinite noise (the plan adds nothing)."""
+    from opacus.accountants import RDPAccountant  # imports torch: only when composing
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     orders = RDPAccountant.DEFAULT_ALPHAS
     rdp = np.zeros(len(orders))
     for sigma, q, n in _merge(history):

@@ -177,3 +177,17 @@ def test_no_module_is_long():
         if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}
+
+
+def test_a_node_starts_without_importing_torch():
+    """Every manage.py command and web worker sets Django up: torch (~5 s to import) must wait
+    until a round trains or ε is composed, or nodes boot slowly enough to miss health checks."""
+    code = (
+        "import os, sys; os.environ['DJANGO_SETTINGS_MODULE'] = 'webapp.settings'; import django; "
+        "django.setup(); import webapp.urls_datasite, webapp.urls_orchestrator; "
+        "print(sorted(m for m in ('torch', 'lerobot', 'opacus') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
